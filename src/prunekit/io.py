@@ -1,0 +1,82 @@
+"""Atomic file output and safe checkpoint loading.
+
+Every file prunekit writes goes through :func:`atomic_path`, so a killed process never leaves a half-written
+report, checkpoint or ONNX file behind: data is written to a temporary file in the same directory and renamed
+over the target only once complete (``os.replace`` is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunekit.errors import PrunekitError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it to ``path``, on error delete it.
+
+    Usage::
+
+        with atomic_path("out/model.onnx") as tmp:
+            torch.onnx.export(..., tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON to ``path``."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Atomically ``torch.save`` a checkpoint dict (tensors, numbers, strings, lists, dicts only)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Raises:
+        PrunekitError: the file is missing, truncated/corrupt, or holds pickled objects (not plain tensors/data).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PrunekitError(f"checkpoint not found: {path} (check the path, or drop --resume to start fresh)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / unsafe files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PrunekitError(
+            f"cannot load checkpoint {path}: {first[:200]} (the file is corrupt or not a prunekit checkpoint; "
+            "delete it or point to another one)"
+        ) from None
+    if not isinstance(state, dict):
+        raise PrunekitError(f"checkpoint {path} does not hold a dict (not a prunekit checkpoint)")
+    return state
