@@ -1,0 +1,196 @@
+"""The ``prunekit`` command line.
+
+Every user error (:class:`~prunekit.errors.PrunekitError`) is printed as one line on stderr and exits with code 2;
+``check`` exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prunekit.errors import PrunekitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Structured pruning of CNNs: inspect, check, run, train, eval, export.",
+)
+console = Console()
+
+ModelArg = Annotated[
+    str, typer.Argument(help="Model spec: NAME[:key=value,...], timm:NAME, or path/file.py:factory.")
+]
+InputSize = Annotated[
+    int | None,
+    typer.Option(
+        "--input-size", min=8, help="Input height/width (default: 32 for CIFAR-style models, else 224)."
+    ),
+]
+InChans = Annotated[
+    int | None, typer.Option("--in-chans", min=1, help="Input channels (overrides the spec).")
+]
+NumClasses = Annotated[
+    int | None, typer.Option("--num-classes", min=1, help="Classifier outputs (overrides the spec).")
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one machine-readable JSON object instead of tables.")
+]
+
+_CIFAR_STYLE = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg16_bn", "vgg19_bn")
+
+
+def _build(spec: str, input_size: int | None, in_chans: int | None, num_classes: int | None):
+    from prunekit.models import create_model, parse_spec
+
+    parsed = parse_spec(spec)
+    model = create_model(spec, num_classes=num_classes, in_chans=in_chans)
+    if input_size is None:
+        input_size = 32 if parsed.source == "builtin" and parsed.name in _CIFAR_STYLE else 224
+    channels = in_chans or parsed.kwargs.get("in_chans", 3)
+    return model, (1, int(channels), input_size, input_size)
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3f}{unit}"
+    return str(int(n))
+
+
+@app.command()
+def inspect(
+    model: ModelArg,
+    input_size: InputSize = None,
+    in_chans: InChans = None,
+    num_classes: NumClasses = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the channel groups of MODEL (what can be pruned, and what is coupled) and its per-layer cost."""
+    from prunekit.cost.macs import CostModel
+    from prunekit.space import ChannelSpace
+
+    net, shape = _build(model, input_size, in_chans, num_classes)
+    space = ChannelSpace.build(net, shape)
+    cost = CostModel(space).cost(per_layer=True)
+    rows = space.summary_rows()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "model": model,
+                    "input_shape": list(shape),
+                    "macs": cost.macs,
+                    "flops": cost.flops,
+                    "params": cost.params,
+                    "groups": rows,
+                    "layers": cost.layers,
+                    "dropped_groups": space.dropped,
+                },
+                indent=2,
+            )
+        )
+        return
+    groups = Table(title=f"channel groups of {model} at {shape[2]}x{shape[3]} ({len(rows)} groups)")
+    for col in ("#", "name", "channels", "members", "tags"):
+        groups.add_column(col, justify="right" if col in ("#", "channels") else "left")
+    for i, r in enumerate(rows):
+        members = ", ".join(r["members"][:4]) + (
+            f" (+{len(r['members']) - 4})" if len(r["members"]) > 4 else ""
+        )
+        groups.add_row(str(i), r["name"], str(r["channels"]), members, " ".join(r["tags"]))
+    console.print(groups)
+    layers = Table(title="per-layer cost (MACs: conv + linear multiply-accumulates, one sample)")
+    for col in ("layer", "kind", "in", "out", "MACs", "params"):
+        layers.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for r in cost.layers:
+        if r["macs"] or r["params"]:
+            layers.add_row(
+                r["name"], r["kind"], str(r["in"]), str(r["out"]), _fmt(r["macs"]), _fmt(r["params"])
+            )
+    layers.add_row("total", "", "", "", _fmt(cost.macs), _fmt(cost.params), style="bold")
+    console.print(layers)
+    console.print(
+        f"MACs {cost.macs:,} ({_fmt(cost.macs)})  FLOPs (= 2 x MACs) {cost.flops:,}  params {cost.params:,}"
+    )
+    for d in space.dropped:
+        console.print(f"[yellow]left unpruned:[/] {d}")
+
+
+@app.command()
+def check(
+    model: ModelArg,
+    ratio: Annotated[
+        float, typer.Option("--ratio", help="Fraction of every group to prune, in [0, 1).")
+    ] = 0.5,
+    input_size: InputSize = None,
+    in_chans: InChans = None,
+    num_classes: NumClasses = None,
+    onnx: Annotated[
+        bool, typer.Option("--onnx/--no-onnx", help="Also export to ONNX and compare in ONNX Runtime.")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prune RATIO of every group of MODEL by L1 norm and verify pruned == masked, cost and ONNX export."""
+    from prunekit.checks import results_json, run_checks
+
+    if not 0.0 <= ratio < 1.0:
+        raise PrunekitError(f"--ratio must be in [0, 1), got {ratio}")
+    net, shape = _build(model, input_size, in_chans, num_classes)
+    results, facts = run_checks(net, shape, ratio, onnx=onnx)
+    ok = all(r.ok for r in results)
+    if as_json:
+        print(
+            json.dumps({"model": model, "input_shape": list(shape), **results_json(results, facts)}, indent=2)
+        )
+    else:
+        b, p = facts["baseline"], facts["pruned"]
+        console.print(
+            f"{model} at {shape[2]}x{shape[3]}: {facts['groups']} groups, ratio {ratio}: "
+            f"MACs {_fmt(b['macs'])} -> {_fmt(p['macs'])}, params {_fmt(b['params'])} -> {_fmt(p['params'])}"
+        )
+        for r in results:
+            mark = "[green]PASS[/]" if r.ok else "[red]FAIL[/]"
+            console.print(f"{mark} {r.name}: {r.detail}")
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI; user errors become one line on stderr and exit code 2."""
+    try:
+        rv = app(args=argv, prog_name="prunekit", standalone_mode=False)
+        if isinstance(rv, int):  # click returns the code of a typer.Exit in non-standalone mode
+            return rv
+    except PrunekitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+def _console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _console_main()

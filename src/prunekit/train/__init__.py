@@ -1,0 +1,65 @@
+"""prunekit.train: one training loop (with callbacks, checkpoint/resume and DDP) reused by every method.
+
+Public API::
+
+    TrainConfig, parse_train_config                 # validated recipe
+    build_optimizer, param_groups, build_scheduler, lr_factor_fn, total_steps, build_criterion
+    fit(model, train_loader, cfg, ...) -> FitResult  # the loop
+    evaluate(model, loader, device) -> {"top1", "top5", "loss", "n"}
+    Callback, TrainState                            # hooks for pruning methods
+    init_from_env, is_main, cleanup, all_reduce_mean, ...  # torchrun helpers
+"""
+
+from prunekit.train.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    get_rank,
+    get_world_size,
+    init_from_env,
+    is_distributed,
+    is_main,
+)
+from prunekit.train.loop import CKPT_FORMAT, Callback, FitResult, TrainState, evaluate, fit, progress_enabled
+from prunekit.train.recipes import (
+    TrainConfig,
+    build_criterion,
+    build_optimizer,
+    build_scheduler,
+    lr_factor_fn,
+    param_groups,
+    parse_train_config,
+    total_steps,
+)
+
+__all__ = [
+    "CKPT_FORMAT",
+    "Callback",
+    "DistInfo",
+    "FitResult",
+    "TrainConfig",
+    "TrainState",
+    "all_gather_objects",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "barrier",
+    "build_criterion",
+    "build_optimizer",
+    "build_scheduler",
+    "cleanup",
+    "evaluate",
+    "fit",
+    "get_rank",
+    "get_world_size",
+    "init_from_env",
+    "is_distributed",
+    "is_main",
+    "lr_factor_fn",
+    "param_groups",
+    "parse_train_config",
+    "progress_enabled",
+    "total_steps",
+]

@@ -1,0 +1,89 @@
+"""`prunekit inspect` and `prunekit check` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from prunekit.cli import main
+from prunekit.models import list_models
+
+
+def run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_inspect_json_fields(capsys):
+    code, out, _ = run(
+        ["inspect", "resnet20", "--in-chans", "1", "--num-classes", "10", "--input-size", "28", "--json"],
+        capsys,
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert {"macs", "params", "flops", "groups"} <= set(data)
+    assert data["flops"] == 2 * data["macs"]
+    assert data["params"] == 272474 - 2 * 64 * 0 - 9 * 16 * 2  # in_chans=1 removes 2*9*16 stem weights
+    names = [g["name"] for g in data["groups"]]
+    assert names[0] == "conv1" and len(names) == 12  # 3 residual stage groups + 9 block-internal groups
+    first = data["groups"][0]
+    assert {"first", "residual"} <= set(first["tags"]) and first["channels"] == 16
+
+
+def test_inspect_table(capsys):
+    code, out, _ = run(["inspect", "mobilenet_v1:width_mult=0.25", "--input-size", "64"], capsys)
+    assert code == 0
+    assert "channel groups" in out and "total" in out and "FLOPs (= 2 x MACs)" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["inspect", "resnet21"],
+        ["inspect", "resnet20:width=2"],
+        ["inspect", "resnet20:width_mult"],
+        ["check", "resnet20", "--ratio", "1.0"],
+        ["check", "resnet20", "--ratio", "-0.1"],
+        ["inspect", "no/such/file.py:make"],
+    ],
+)
+def test_user_errors_exit_2_with_one_line(args, capsys):
+    code, out, err = run(args, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", sorted(list_models()))
+def test_check_passes_on_every_reference_model(name, capsys):
+    size = "32" if name.startswith(("resnet2", "resnet3", "resnet4", "resnet5", "resnet11", "vgg")) else "64"
+    code, out, _ = run(["check", name, "--input-size", size, "--json", "--num-classes", "10"], capsys)
+    data = json.loads(out)
+    assert code == 0, data["checks"]
+    assert data["ok"] and len(data["checks"]) == 4
+    assert data["pruned"]["macs"] < data["baseline"]["macs"]
+
+
+def test_check_reports_failure_with_exit_1(monkeypatch, capsys):
+    import prunekit.checks as checks
+
+    def broken_apply(model, plan, space=None):  # simulate a slicing bug: the pruned model keeps all channels
+        return checks.copy.deepcopy(model)
+
+    monkeypatch.setattr(checks, "apply", broken_apply)
+    code, out, _ = run(["check", "resnet20", "--no-onnx"], capsys)
+    assert code == 1
+    assert "FAIL analytic == measured cost" in out
+
+
+def test_console_script_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunekit.cli", "inspect", "resnet20", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and json.loads(proc.stdout)["macs"] > 0
