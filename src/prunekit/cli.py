@@ -162,6 +162,134 @@ def check(
         raise typer.Exit(1)
 
 
+ConfigArg = Annotated[str, typer.Argument(help="Run config (YAML), e.g. configs/quickstart.yaml.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: dotted.key=value (repeatable).")
+]
+OutOpt = Annotated[str | None, typer.Option("--out", help="Run directory (default runs/<config name>).")]
+SmokeOpt = Annotated[
+    bool, typer.Option("--smoke", help="Same pipeline on a tiny subset with at most 1 epoch per phase.")
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing run directory instead of resuming it.")
+]
+
+
+def _command_line() -> str:
+    return (
+        "prunekit " + " ".join(sys.argv[1:])
+        if sys.argv and sys.argv[0].endswith("prunekit")
+        else "prunekit run"
+    )
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    smoke: SmokeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Baseline -> prune to the MACs target -> finetune -> evaluate -> export -> report. Re-running resumes."""
+    from prunekit.config import load_config
+    from prunekit.pipeline import run as run_pipeline
+    from prunekit.report import fmt_macs, fmt_ms, fmt_pct
+
+    cfg = load_config(config, set_ or [])
+    res = run_pipeline(cfg, out, smoke=smoke, overwrite=overwrite, command=_command_line())
+    b, p = res.report["baseline"], res.report["pruned"]
+    console.print(
+        f"[bold]{cfg.name}[/]: top-1 {fmt_pct(b['top1'])} -> {fmt_pct(p['top1'])}, "
+        f"MACs {fmt_macs(b['macs'])} -> {fmt_macs(p['macs'])}, "
+        f"latency {fmt_ms(b.get('latency_ms'))} -> {fmt_ms(p.get('latency_ms'))} (batch 1)"
+    )
+    console.print(f"report: {res.out_dir / 'report.md'}")
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    smoke: SmokeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train (or load) the config's baseline only; writes baseline.pt. Re-running resumes after a kill."""
+    from prunekit.config import load_config
+    from prunekit.pipeline import train_only
+
+    cfg = load_config(config, set_ or [])
+    res = train_only(cfg, out, smoke=smoke, overwrite=overwrite, command=_command_line())
+    console.print(
+        f"baseline top-1 {res.report['baseline']['top1']:.4f}; weights: {res.out_dir / 'baseline.pt'}"
+    )
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[str, typer.Argument(help="A run directory, or a baseline.pt checkpoint.")],
+    split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a finished run's pruned model (plan.json + weights) or a baseline checkpoint."""
+    from pathlib import Path
+
+    from prunekit.data import DataConfig, build_data
+    from prunekit.models import create_model
+    from prunekit.pipeline import BASELINE_FORMAT, load_run, load_state, load_weights
+    from prunekit.train import evaluate
+
+    if split not in ("test", "val"):
+        raise PrunekitError(f"--split must be test or val, got {split!r}")
+    path = Path(target)
+    if path.is_dir():
+        model, _, cfg = load_run(path)
+        data_cfg = cfg.data
+    else:
+        from prunekit.io import load_checkpoint
+
+        ck = load_checkpoint(path)
+        if ck.get("format") != BASELINE_FORMAT:
+            raise PrunekitError(
+                f"{path} is not a prunekit baseline.pt (give a run directory or a baseline.pt)"
+            )
+        model = create_model(ck["spec"])
+        load_weights(model, load_state(path), str(path))
+        data_cfg = DataConfig.model_validate_json(ck["data"])
+    data = build_data(data_cfg)
+    loader = data.test if split == "test" else data.val
+    if loader is None:
+        raise PrunekitError("this dataset configuration has no validation split")
+    metrics = evaluate(model, loader)
+    if as_json:
+        print(json.dumps(metrics))
+    else:
+        console.print(
+            f"{split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  loss {metrics['loss']:.4f}  "
+            f"({metrics['n']} images)"
+        )
+
+
+@app.command()
+def export(
+    run_dir: Annotated[str, typer.Argument(help="A finished run directory.")],
+    onnx: Annotated[str, typer.Option("--onnx", help="Destination .onnx file.")],
+    fold_bn: Annotated[
+        bool, typer.Option("--fold-bn/--no-fold-bn", help="Fold BatchNorm into convs.")
+    ] = True,
+) -> None:
+    """Export a finished run's pruned model to ONNX (verified in ONNX Runtime)."""
+    from prunekit.export import export_onnx
+    from prunekit.pipeline import load_run
+
+    model, plan, _ = load_run(run_dir)
+    info = export_onnx(model, onnx, tuple(plan.input_shape), fold_bn=fold_bn)
+    console.print(
+        f"wrote {info.path} ({info.size_bytes:,} bytes, opset {info.opset}, max|diff| {info.max_abs_diff:.1e})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; user errors become one line on stderr and exit code 2."""
     try:

@@ -35,7 +35,7 @@ def _filter_norm(model: nn.Module, group: ChannelGroup, p: int) -> torch.Tensor:
         w = mod.weight.detach().flatten(1).to(torch.float64)
         rows = w[list(mem.positions)]
         norms = rows.abs().sum(1) if p == 1 else rows.pow(2).sum(1)
-        scores.index_add_(0, torch.tensor(mem.root), norms)
+        scores.index_add_(0, torch.tensor(mem.root), norms.cpu())
     return scores if p == 1 else scores.sqrt()
 
 

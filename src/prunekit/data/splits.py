@@ -8,6 +8,7 @@ the requested size.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,8 @@ STREAM_SUBSET_TRAIN = 2
 STREAM_SUBSET_VAL = 3
 STREAM_SUBSET_TEST = 4
 STREAM_FIXED_TEST = 5
+
+log = logging.getLogger(__name__)
 
 
 def _as_numpy(labels: np.ndarray | torch.Tensor | Sequence[int]) -> np.ndarray:
@@ -94,14 +97,15 @@ def stratified_split(
 def stratified_subset(
     labels: np.ndarray | torch.Tensor | Sequence[int], size: int, seed: int, stream: int, what: str = "subset"
 ) -> np.ndarray:
-    """Sorted ``int64`` indices of a seeded stratified subset of exactly ``size`` samples.
+    """Sorted ``int64`` indices of a seeded stratified subset of ``min(size, len(labels))`` samples.
 
-    Raises:
-        PrunekitError: ``size`` is larger than ``len(labels)`` (``what`` names the option in the message).
+    ``size`` is a cap: asking for more samples than exist keeps them all (logged), so ``--smoke`` caps work on small
+    datasets too. ``what`` names the option in the log line.
     """
     lab = _as_numpy(labels)
     if size > len(lab):
-        raise PrunekitError(f"{what}={size} is larger than the {len(lab)} samples available: lower it")
+        log.info("%s=%d exceeds the %d samples available: using all of them", what, size, len(lab))
+        return np.arange(len(lab), dtype=np.int64)
     if size == len(lab):
         return np.arange(len(lab), dtype=np.int64)
     return _stratified_pick(lab, size, np.random.default_rng([seed, stream]))

@@ -1,0 +1,69 @@
+"""What every pruning method receives and returns.
+
+A method is a module in :mod:`prunekit.methods` exposing a pydantic config class (with a ``name`` literal used as the
+discriminator in run configs) and ``run(ctx: MethodContext, cfg) -> MethodResult``. The pipeline
+(:mod:`prunekit.pipeline`) builds the context, calls the method, then finetunes (unless the method says its model is
+already trained), evaluates, exports and reports. Methods never touch ``nn.Module`` internals directly: they choose a
+:class:`~prunekit.space.Plan` in the :class:`~prunekit.space.ChannelSpace` and realise it with ``apply``/``mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from prunekit.cost.macs import CostModel
+from prunekit.space import ChannelSpace, Plan
+
+
+@dataclass
+class MethodContext:
+    """Inputs of a method run.
+
+    Attributes:
+        model: the baseline network (trained unless the method trains from scratch); methods must not modify it.
+        spec: canonical model spec string (saved in the plan so the run rebuilds without pickles).
+        space: its channel space at the run's input shape. cost: the analytic :class:`CostModel` over ``space``.
+        target_macs: the MACs budget of the pruned model (conv + linear MACs per sample).
+        data: the :class:`prunekit.data.DataBundle` (train / val / test loaders).
+        device: torch device string. out_dir: the run directory (methods may write state files here, e.g. for resume).
+        finetune: ``finetune(model, epochs, *, callbacks=(), tag) -> FitResult``: the run's recovery recipe, with
+            checkpoint/resume under ``out_dir`` keyed by ``tag`` (used by iterative methods between steps).
+        evaluate: ``evaluate(model, split) -> {"top1", "top5", "loss", "n"}`` with ``split`` in ``val`` / ``test``.
+        seed: the run's seed. smoke: True in ``--smoke`` runs (methods may shrink their own budgets).
+    """
+
+    model: nn.Module
+    spec: str
+    space: ChannelSpace
+    cost: CostModel
+    target_macs: float
+    data: Any
+    device: str
+    out_dir: Path
+    finetune: Callable[..., Any]
+    evaluate: Callable[[nn.Module, str], dict]
+    seed: int = 0
+    smoke: bool = False
+
+
+@dataclass
+class MethodResult:
+    """Outputs of a method run.
+
+    Attributes:
+        plan: the chosen plan (over ``ctx.space``). model: the pruned, physically smaller network.
+        history: per-step rows for the report (e.g. ``{"step", "macs", "val_top1"}``).
+        trained: True when ``model`` is already recovered/trained (the pipeline then skips its finetune phase).
+        extra: method-specific facts for ``report.json`` (JSON-serialisable).
+    """
+
+    plan: Plan
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    trained: bool = False
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,472 @@
+"""``prunekit run``: baseline -> method -> finetune -> evaluate -> export -> report, resumable phase by phase.
+
+Run directory layout (all files written atomically)::
+
+    config.yaml         the resolved config (after --set / --smoke)
+    state.json          finished phases and their facts; re-running the same command resumes from here
+    baseline.pt         baseline weights + spec + input shape (weights_only-loadable)
+    plan.json           the chosen Plan (with the model spec: rebuilds the pruned net without pickles)
+    model.safetensors   pruned, recovered weights      model.onnx   BN-folded ONNX export
+    log.jsonl           training log (one JSON object per epoch / log step)
+    report.json  report.md  tradeoff.png  training.png
+    ckpt/               per-phase training checkpoints (resume after a kill)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import yaml
+
+from prunekit.config import RunConfig
+from prunekit.cost.macs import CostModel, count_params
+from prunekit.data import DataBundle, build_data
+from prunekit.errors import PrunekitError
+from prunekit.io import load_checkpoint, save_checkpoint, write_json, write_text
+from prunekit.methods import get_method
+from prunekit.methods.base import MethodContext, MethodResult
+from prunekit.models import create_model, parse_spec
+from prunekit.space import ChannelSpace, Plan, apply
+from prunekit.train import TrainConfig, evaluate, fit
+
+BASELINE_FORMAT = "prunekit-baseline-v1"
+SMOKE = {"subset_train": 1500, "subset_val": 300, "subset_test": 500, "epochs": 1.0}
+
+
+# ---------------------------------------------------------------------------------------------- config helpers
+def smoke_config(cfg: RunConfig) -> RunConfig:
+    """A copy of ``cfg`` shrunk for a quick end-to-end check: small stratified subsets, at most one epoch per
+    training phase, fewer latency repeats (see :data:`SMOKE`)."""
+    cfg = cfg.model_copy(deep=True)
+    d = cfg.data
+    d.subset_train = min(d.subset_train or 10**9, SMOKE["subset_train"])
+    d.subset_val = min(d.subset_val or 10**9, SMOKE["subset_val"])
+    d.subset_test = min(d.subset_test or 10**9, SMOKE["subset_test"])
+    for tc in (cfg.baseline.train, cfg.finetune):
+        if tc is not None:
+            tc.epochs = min(tc.epochs, SMOKE["epochs"])
+            tc.warmup_epochs = min(tc.warmup_epochs, tc.epochs / 2)
+            tc.milestones = [m for m in tc.milestones if m < tc.epochs]
+    return cfg
+
+
+def config_hash(cfg: RunConfig) -> str:
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
+def resolved_spec(cfg: RunConfig, data: DataBundle) -> str:
+    """The model spec with ``num_classes`` / ``in_chans`` taken from the dataset (canonical string)."""
+    spec = parse_spec(cfg.model)
+    return spec.with_options(num_classes=data.num_classes, in_chans=data.in_chans).to_string()
+
+
+# ---------------------------------------------------------------------------------------------- weights io
+def save_safetensors(
+    state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    from safetensors.torch import save_file
+
+    from prunekit.io import atomic_path
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load weights from a prunekit ``baseline.pt``, a plain state_dict checkpoint or a ``.safetensors`` file.
+
+    Raises:
+        PrunekitError: missing / corrupt file, or one that holds no tensors.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise PrunekitError(f"weights file not found: {path}")
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise PrunekitError(f"cannot read {path}: {str(exc)[:160]} (corrupt safetensors file?)") from None
+    state = load_checkpoint(path)
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PrunekitError(
+            f"{path} holds no state_dict of tensors (expected baseline.pt or torch.save(state_dict))"
+        )
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise PrunekitError(f"weights in {source} do not fit the model: {first[:200]}") from None
+
+
+# ---------------------------------------------------------------------------------------------- the run
+@dataclass
+class RunResult:
+    out_dir: Path
+    report: dict
+
+
+class _Run:
+    def __init__(self, cfg: RunConfig, out_dir: Path, *, smoke: bool, command: str):
+        self.cfg, self.out, self.smoke, self.command = cfg, out_dir, smoke, command
+        self.device = cfg.device
+        self.wall: dict[str, float] = {}
+        self.history: dict[str, list] = {}
+        self.state_path = out_dir / "state.json"
+        self.state: dict[str, Any] = {}
+
+    # -------------------------------------------------------------- state
+    def _load_state(self, overwrite: bool) -> None:
+        h = config_hash(self.cfg)
+        if overwrite and self.out.exists():
+            shutil.rmtree(self.out)
+        if self.state_path.is_file():
+            state = json.loads(self.state_path.read_text())
+            if state.get("config_hash") != h:
+                raise PrunekitError(
+                    f"{self.out} holds a run of a different config; use --out DIR for a new run or --overwrite "
+                    "to replace it"
+                )
+            self.state = state
+        else:
+            self.state = {"config_hash": h, "phases": {}}
+
+    def _done(self, phase: str, facts: dict) -> None:
+        self.state["phases"][phase] = facts
+        write_json(self.state_path, self.state)
+
+    def _phase(self, phase: str) -> dict | None:
+        return self.state["phases"].get(phase)
+
+    # -------------------------------------------------------------- training helpers
+    def _fit(self, model: nn.Module, tc: TrainConfig, tag: str, callbacks=(), select="best"):
+        ckpt = self.out / "ckpt" / f"{tag}.ckpt"
+        res = fit(
+            model,
+            self.data.train,
+            tc,
+            val_loader=self.data.val,
+            device=self.device,
+            callbacks=callbacks,
+            ckpt_path=ckpt,
+            resume=ckpt.is_file(),
+            log_path=self.out / "log.jsonl",
+            desc=tag,
+            select=select,
+        )
+        self.history[tag] = res.history
+        return res
+
+    def finetune(self, model: nn.Module, epochs: float, *, callbacks=(), tag: str = "finetune"):
+        """Recovery training with the run's finetune recipe for ``epochs`` (checkpointed under ``ckpt/<tag>``)."""
+        base = self.cfg.finetune or self.cfg.baseline.train or TrainConfig(epochs=1, lr=0.01)
+        tc = base.model_copy(update={"epochs": epochs, "warmup_epochs": min(base.warmup_epochs, epochs / 2)})
+        return self._fit(model, tc, tag, callbacks=callbacks, select="last")
+
+    def evaluate(self, model: nn.Module, split: str) -> dict:
+        loader = self.data.val if split == "val" else self.data.test
+        if loader is None:
+            raise PrunekitError(
+                "this run has no validation split (data.val_fraction is 0); set data.val_fraction > 0"
+            )
+        return evaluate(model, loader, self.device)
+
+    # -------------------------------------------------------------- phases
+    def prepare(self) -> None:
+        self.data = build_data(self.cfg.data)
+        self.spec = resolved_spec(self.cfg, self.data)
+        self.input_shape = (1, self.data.in_chans, self.data.input_size, self.data.input_size)
+        torch.manual_seed(self.cfg.seed)
+        self.model = create_model(self.spec)
+        self.space = ChannelSpace.build(self.model, self.input_shape)
+        self.cost = CostModel(self.space)
+        self.base_macs = float(self.cost.cost().macs)
+        self.target_macs = self.cfg.target.resolve(self.base_macs)
+        floor = float(self.cost.macs(self.space.channels * 0 + 1))
+        if self.target_macs < floor:
+            raise PrunekitError(
+                f"target {self.target_macs:,.0f} MACs is below the smallest reachable plan ({floor:,.0f} MACs, one "
+                f"channel per group; baseline {self.base_macs:,.0f}); raise target.macs_ratio / target.macs"
+            )
+
+    def baseline(self) -> None:
+        done = self._phase("baseline")
+        path = self.out / "baseline.pt"
+        t0 = time.perf_counter()
+        if done and path.is_file():
+            load_weights(self.model, load_state(path), str(path))
+            self.base_metrics = done["metrics"]
+            self.history["baseline"] = done.get("history", [])
+            self.wall["baseline"] = done["wall_s"]
+            return
+        bc = self.cfg.baseline
+        if bc.checkpoint:
+            load_weights(self.model, load_state(bc.checkpoint), bc.checkpoint)
+        elif bc.train is not None:
+            self._fit(self.model, bc.train, "baseline")
+        self.base_metrics = self.evaluate(self.model, "test")
+        if self.data.val is not None:
+            self.base_metrics["val_top1"] = self.evaluate(self.model, "val")["top1"]
+        save_checkpoint(
+            path,
+            {
+                "format": BASELINE_FORMAT,
+                "spec": self.spec,
+                "input_shape": list(self.input_shape),
+                "data": self.cfg.data.model_dump_json(),
+                "state_dict": self.model.state_dict(),
+                "top1": float(self.base_metrics["top1"]),
+            },
+        )
+        self.wall["baseline"] = time.perf_counter() - t0
+        self._done(
+            "baseline",
+            {
+                "metrics": self.base_metrics,
+                "wall_s": self.wall["baseline"],
+                "history": self.history.get("baseline", []),
+            },
+        )
+
+    def method(self) -> None:
+        done = self._phase("method")
+        t0 = time.perf_counter()
+        if done and (self.out / "plan.json").is_file() and (self.out / "method.safetensors").is_file():
+            self.plan = Plan.load(self.out / "plan.json")
+            self.pruned = apply(self.model, self.plan, self.space)
+            load_weights(self.pruned, load_state(self.out / "method.safetensors"), "method.safetensors")
+            self.method_result = MethodResult(
+                plan=self.plan,
+                model=self.pruned,
+                history=done["history"],
+                trained=done["trained"],
+                extra=done["extra"],
+            )
+            self.wall["method"] = done["wall_s"]
+            return
+        ctx = MethodContext(
+            model=copy.deepcopy(self.model),
+            spec=self.spec,
+            space=self.space,
+            cost=self.cost,
+            target_macs=self.target_macs,
+            data=self.data,
+            device=self.device,
+            out_dir=self.out,
+            finetune=self.finetune,
+            evaluate=self.evaluate,
+            seed=self.cfg.seed,
+            smoke=self.smoke,
+        )
+        result = get_method(self.cfg.method.name).run(ctx, self.cfg.method)
+        result.plan.model = self.spec
+        result.plan.input_shape = list(self.input_shape)
+        result.plan.meta.update({"method": self.cfg.method.name, "target_macs": self.target_macs})
+        self.plan, self.pruned, self.method_result = result.plan, result.model, result
+        self.plan.save(self.out / "plan.json")
+        save_safetensors(self.pruned.state_dict(), self.out / "method.safetensors")
+        self.wall["method"] = time.perf_counter() - t0
+        self._done(
+            "method",
+            {
+                "history": result.history,
+                "trained": result.trained,
+                "extra": result.extra,
+                "wall_s": self.wall["method"],
+            },
+        )
+
+    def recover(self) -> None:
+        t0 = time.perf_counter()
+        if not self.method_result.trained and self.cfg.finetune is not None:
+            res = self._fit(self.pruned, self.cfg.finetune, "finetune")
+            if res.best_state is not None:
+                self.pruned.load_state_dict(res.best_state)
+        self.wall["finetune"] = time.perf_counter() - t0
+
+    def export_and_report(self) -> dict:
+        from prunekit.cost.latency import measure_ort_latency
+        from prunekit.export import export_onnx
+        from prunekit.report import write_report
+
+        t0 = time.perf_counter()
+        pruned_metrics = self.evaluate(self.pruned, "test")
+        if self.data.val is not None:
+            pruned_metrics["val_top1"] = self.evaluate(self.pruned, "val")["top1"]
+        self.wall["evaluate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ec = self.cfg.export
+        save_safetensors(
+            self.pruned.state_dict(),
+            self.out / "model.safetensors",
+            metadata={"spec": self.spec, "plan": "plan.json"},
+        )
+        files = {
+            "plan": "plan.json",
+            "weights": "model.safetensors",
+            "baseline": "baseline.pt",
+            "log": "log.jsonl",
+            "config": "config.yaml",
+        }
+        onnx_info = None
+        if ec.onnx:
+            onnx_info = export_onnx(self.pruned, self.out / "model.onnx", self.input_shape)
+            files["onnx"] = "model.onnx"
+        lat: dict[str, dict] = {"baseline": {}, "pruned": {}}
+        if ec.latency:
+            kw = {"batch_sizes": (1, ec.latency_batch), "threads": ec.latency_threads}
+            if self.smoke:
+                kw.update(warmup=2, repeats=5, max_time_s=1.0, min_time_s=0.05)
+            for key, net in (("baseline", self.model), ("pruned", self.pruned)):
+                stats = measure_ort_latency(net, self.input_shape, **kw)
+                lat[key] = {
+                    "latency_ms": stats[1].median_ms,
+                    "latency_ms_batch": stats[ec.latency_batch].median_ms,
+                    "latency_batch": ec.latency_batch,
+                    "latency_threads": ec.latency_threads,
+                }
+        self.wall["export"] = time.perf_counter() - t0
+
+        pruned_cost = self.cost.cost(self.plan)
+        base_cost = self.cost.cost()
+        widths = self.plan.widths(self.space)
+
+        def side(metrics, cost_, nparams, latency):
+            return {
+                "top1": metrics["top1"],
+                "top5": metrics.get("top5"),
+                "val_top1": metrics.get("val_top1"),
+                "macs": cost_.macs,
+                "flops": cost_.flops,
+                "params": nparams,
+                **latency,
+            }
+
+        report = {
+            "name": self.cfg.name,
+            "command": self.command,
+            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "smoke": self.smoke,
+            "dataset": {
+                "name": self.data.name,
+                "sizes": self.data.sizes,
+                "input_shape": list(self.input_shape),
+                "num_classes": self.data.num_classes,
+            },
+            "model": self.spec,
+            "method": {"name": self.cfg.method.name, "config": self.cfg.method.model_dump()},
+            "target": {
+                "macs_ratio": self.cfg.target.macs_ratio,
+                "macs": self.target_macs,
+                "achieved_macs_ratio": pruned_cost.macs / base_cost.macs,
+            },
+            "baseline": side(self.base_metrics, base_cost, count_params(self.model), lat["baseline"]),
+            "pruned": side(pruned_metrics, pruned_cost, count_params(self.pruned), lat["pruned"]),
+            "wall_s": {k: round(v, 2) for k, v in self.wall.items()},
+            "history": {**self.history, "method": self.method_result.history},
+            "groups": [
+                {"name": g.name, "channels": g.channels, "kept": int(w), "tags": sorted(g.tags)}
+                for g, w in zip(self.space.groups, widths, strict=True)
+            ],
+            "extra": {**self.method_result.extra, **({"onnx": onnx_info.to_dict()} if onnx_info else {})},
+            "files": files,
+        }
+        report["wall_s"]["total"] = round(sum(v for k, v in self.wall.items()), 2)
+        written = write_report(report, self.out)
+        report["files"].update({k: Path(v).name for k, v in written.items()})
+        write_json(self.out / "report.json", report)
+        return report
+
+
+def run(
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    *,
+    smoke: bool = False,
+    overwrite: bool = False,
+    command: str = "",
+) -> RunResult:
+    """Run the whole pipeline for ``cfg`` into ``out_dir`` (default ``runs/<name>``, ``runs/<name>-smoke``).
+
+    Everything that can be checked before writing (config, dataset, model spec, reachability of the target) is
+    checked first: a user error leaves no output directory behind. Re-running the same command resumes.
+
+    Raises:
+        PrunekitError: bad input (one line), or a different config already in ``out_dir``.
+    """
+    if smoke:
+        cfg = smoke_config(cfg)
+    out = Path(out_dir) if out_dir else Path("runs") / (f"{cfg.name}-smoke" if smoke else cfg.name)
+    r = _Run(cfg, out, smoke=smoke, command=command)
+    r.prepare()  # raises before anything is written
+    r._load_state(overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    write_json(r.state_path, r.state)
+    r.baseline()
+    r.method()
+    r.recover()
+    report = r.export_and_report()
+    r._done("report", {"pruned_top1": report["pruned"]["top1"]})
+    return RunResult(out, report)
+
+
+def train_only(
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    *,
+    smoke: bool = False,
+    overwrite: bool = False,
+    command: str = "",
+) -> RunResult:
+    """``prunekit train``: only the baseline phase (writes ``baseline.pt`` and ``state.json``)."""
+    if smoke:
+        cfg = smoke_config(cfg)
+    out = Path(out_dir) if out_dir else Path("runs") / (f"{cfg.name}-smoke" if smoke else cfg.name)
+    r = _Run(cfg, out, smoke=smoke, command=command)
+    r.prepare()
+    r._load_state(overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    r.baseline()
+    return RunResult(out, {"baseline": r.base_metrics, "wall_s": r.wall})
+
+
+def load_run(run_dir: str | Path) -> tuple[nn.Module, Plan, RunConfig]:
+    """Rebuild a finished run's pruned model from ``plan.json`` + ``model.safetensors`` (no pickled modules).
+
+    Raises:
+        PrunekitError: not a run directory, or files missing / corrupt.
+    """
+    from prunekit.config import parse_config
+    from prunekit.space import rebuild
+
+    run_dir = Path(run_dir)
+    for name in ("plan.json", "model.safetensors", "config.yaml"):
+        if not (run_dir / name).is_file():
+            raise PrunekitError(f"{run_dir} is not a finished prunekit run ({name} missing)")
+    plan = Plan.load(run_dir / "plan.json")
+    model = rebuild(plan, load_state(run_dir / "model.safetensors"))
+    cfg = parse_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    return model, plan, cfg
