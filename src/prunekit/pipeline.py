@@ -151,15 +151,20 @@ class _Run:
         else:
             self.state = {"config_hash": h, "phases": {}}
 
+    @property
+    def main(self) -> bool:
+        return self.dist.rank == 0
+
     def _done(self, phase: str, facts: dict) -> None:
         self.state["phases"][phase] = facts
-        write_json(self.state_path, self.state)
+        if self.main:
+            write_json(self.state_path, self.state)
 
     def _phase(self, phase: str) -> dict | None:
         return self.state["phases"].get(phase)
 
     # -------------------------------------------------------------- training helpers
-    def _fit(self, model: nn.Module, tc: TrainConfig, tag: str, callbacks=(), select="best"):
+    def _fit(self, model: nn.Module, tc: TrainConfig, tag: str, callbacks=(), select="best", loss_fn=None):
         ckpt = self.out / "ckpt" / f"{tag}.ckpt"
         res = fit(
             model,
@@ -173,6 +178,7 @@ class _Run:
             log_path=self.out / "log.jsonl",
             desc=tag,
             select=select,
+            loss_fn=loss_fn,
         )
         self.history[tag] = res.history
         return res
@@ -182,6 +188,13 @@ class _Run:
         base = self.cfg.finetune or self.cfg.baseline.train or TrainConfig(epochs=1, lr=0.01)
         tc = base.model_copy(update={"epochs": epochs, "warmup_epochs": min(base.warmup_epochs, epochs / 2)})
         return self._fit(model, tc, tag, callbacks=callbacks, select="last")
+
+    def train(self, model: nn.Module, tc: TrainConfig, *, tag: str, callbacks=(), select="best", loss_fn=None):
+        """Any recipe on the run's data, checkpointed under ``ckpt/<tag>`` (see MethodContext.train)."""
+        res = self._fit(model, tc, tag, callbacks=callbacks, select=select, loss_fn=loss_fn)
+        if select == "best" and res.best_state is not None:
+            model.load_state_dict(res.best_state)
+        return res
 
     def evaluate(self, model: nn.Module, split: str) -> dict:
         loader = self.data.val if split == "val" else self.data.test
@@ -193,7 +206,11 @@ class _Run:
 
     # -------------------------------------------------------------- phases
     def prepare(self) -> None:
-        self.data = build_data(self.cfg.data)
+        from prunekit.train import init_from_env
+
+        self.dist = init_from_env(self.cfg.device)  # no-op unless launched by torchrun
+        self.device = str(self.dist.device) if self.dist.world_size > 1 else self.cfg.device
+        self.data = build_data(self.cfg.data, rank=self.dist.rank, world_size=self.dist.world_size)
         self.spec = resolved_spec(self.cfg, self.data)
         self.input_shape = (1, self.data.in_chans, self.data.input_size, self.data.input_size)
         torch.manual_seed(self.cfg.seed)
@@ -201,7 +218,9 @@ class _Run:
         self.space = ChannelSpace.build(self.model, self.input_shape)
         self.cost = CostModel(self.space)
         self.base_macs = float(self.cost.cost().macs)
-        self.target_macs = self.cfg.target.resolve(self.base_macs)
+        self.target_macs = self.cfg.target.resolve(self.base_macs) if self.cfg.target is not None else None
+        if self.target_macs is None:
+            return
         floor = float(self.cost.macs(self.space.channels * 0 + 1))
         if self.target_macs < floor:
             raise PrunekitError(
@@ -227,17 +246,18 @@ class _Run:
         self.base_metrics = self.evaluate(self.model, "test")
         if self.data.val is not None:
             self.base_metrics["val_top1"] = self.evaluate(self.model, "val")["top1"]
-        save_checkpoint(
-            path,
-            {
-                "format": BASELINE_FORMAT,
-                "spec": self.spec,
-                "input_shape": list(self.input_shape),
-                "data": self.cfg.data.model_dump_json(),
-                "state_dict": self.model.state_dict(),
-                "top1": float(self.base_metrics["top1"]),
-            },
-        )
+        if self.main:
+            save_checkpoint(
+                path,
+                {
+                    "format": BASELINE_FORMAT,
+                    "spec": self.spec,
+                    "input_shape": list(self.input_shape),
+                    "data": self.cfg.data.model_dump_json(),
+                    "state_dict": self.model.state_dict(),
+                    "top1": float(self.base_metrics["top1"]),
+                },
+            )
         self.wall["baseline"] = time.perf_counter() - t0
         self._done(
             "baseline",
@@ -275,6 +295,8 @@ class _Run:
             out_dir=self.out,
             finetune=self.finetune,
             evaluate=self.evaluate,
+            train=self.train,
+            baseline_train=self.cfg.baseline.train,
             seed=self.cfg.seed,
             smoke=self.smoke,
         )
@@ -377,7 +399,7 @@ class _Run:
             "model": self.spec,
             "method": {"name": self.cfg.method.name, "config": self.cfg.method.model_dump()},
             "target": {
-                "macs_ratio": self.cfg.target.macs_ratio,
+                "macs_ratio": self.cfg.target.macs_ratio if self.cfg.target else None,
                 "macs": self.target_macs,
                 "achieved_macs_ratio": pruned_cost.macs / base_cost.macs,
             },
@@ -420,6 +442,11 @@ def run(
     out = Path(out_dir) if out_dir else Path("runs") / (f"{cfg.name}-smoke" if smoke else cfg.name)
     r = _Run(cfg, out, smoke=smoke, command=command)
     r.prepare()  # raises before anything is written
+    if r.dist.world_size > 1:
+        raise PrunekitError(
+            "prunekit run is single-process; use torchrun with `prunekit train` for the baseline, "
+            "then `prunekit run` with baseline.checkpoint"
+        )
     r._load_state(overwrite)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
@@ -446,10 +473,15 @@ def train_only(
     out = Path(out_dir) if out_dir else Path("runs") / (f"{cfg.name}-smoke" if smoke else cfg.name)
     r = _Run(cfg, out, smoke=smoke, command=command)
     r.prepare()
-    r._load_state(overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    r._load_state(overwrite and r.main)
+    if r.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+    from prunekit.train import barrier, cleanup
+
+    barrier()
     r.baseline()
+    cleanup()
     return RunResult(out, {"baseline": r.base_metrics, "wall_s": r.wall})
 
 

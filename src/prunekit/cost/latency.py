@@ -297,3 +297,23 @@ def measure_eager_latency(
     finally:
         torch.set_num_threads(saved_threads)
     return results
+
+
+def channel_multiple() -> int:
+    """Channel-count multiple that ONNX Runtime's CPU convolutions run without padding waste on this machine.
+
+    ONNX Runtime (MLAS) converts convs to the NCHWc layout with a channel block of 16 floats on AVX-512 CPUs and 8 on
+    AVX2; a layer with 11 channels computes as 16. Measured here (AVX-512, ResNet-20 on 28x28, 2x fewer MACs): widths
+    rounded to 1 gave no speedup, rounded to 16 gave 1.6x (``BENCHMARKS.md``). Returns 16 (avx512f), 8 (avx2 or
+    other CPUs).
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
+    except OSError:
+        return 8
+    return 16 if "avx512f" in flags else 8
+
+
+def resolve_round_to(value: int | str) -> int:
+    """``"auto"`` -> :func:`channel_multiple`; an int is returned unchanged."""
+    return channel_multiple() if value == "auto" else int(value)

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch.nn as nn
+from pydantic import AfterValidator
 
 from prunekit.cost.macs import CostModel
 from prunekit.space import ChannelSpace, Plan
@@ -28,11 +29,16 @@ class MethodContext:
         model: the baseline network (trained unless the method trains from scratch); methods must not modify it.
         spec: canonical model spec string (saved in the plan so the run rebuilds without pickles).
         space: its channel space at the run's input shape. cost: the analytic :class:`CostModel` over ``space``.
-        target_macs: the MACs budget of the pruned model (conv + linear MACs per sample).
+        target_macs: the MACs budget of the pruned model (conv + linear MACs per sample); None when the config has
+            no ``target`` (methods that need one call :func:`require_target`).
         data: the :class:`prunekit.data.DataBundle` (train / val / test loaders).
         device: torch device string. out_dir: the run directory (methods may write state files here, e.g. for resume).
         finetune: ``finetune(model, epochs, *, callbacks=(), tag) -> FitResult``: the run's recovery recipe, with
             checkpoint/resume under ``out_dir`` keyed by ``tag`` (used by iterative methods between steps).
+        train: ``train(model, train_config, *, tag, callbacks=(), select="best", loss_fn=None) -> FitResult``:
+            :func:`prunekit.train.fit` with any recipe on the run's data (train split; val for selection), with
+            checkpoint/resume under ``out_dir/ckpt/<tag>.ckpt`` and the run's log. A killed run resumes it.
+        baseline_train: the run's baseline recipe (``baseline.train``), e.g. the reference for Scratch-B budgets.
         evaluate: ``evaluate(model, split) -> {"top1", "top5", "loss", "n"}`` with ``split`` in ``val`` / ``test``.
         seed: the run's seed. smoke: True in ``--smoke`` runs (methods may shrink their own budgets).
     """
@@ -41,12 +47,14 @@ class MethodContext:
     spec: str
     space: ChannelSpace
     cost: CostModel
-    target_macs: float
+    target_macs: float | None
     data: Any
     device: str
     out_dir: Path
     finetune: Callable[..., Any]
     evaluate: Callable[[nn.Module, str], dict]
+    train: Callable[..., Any] | None = None
+    baseline_train: Any = None
     seed: int = 0
     smoke: bool = False
 
@@ -67,3 +75,26 @@ class MethodResult:
     history: list[dict] = field(default_factory=list)
     trained: bool = False
     extra: dict = field(default_factory=dict)
+
+
+def require_target(ctx: MethodContext, method: str) -> float:
+    """``ctx.target_macs``, or a PrunekitError telling the user to set ``target`` for ``method``."""
+    if ctx.target_macs is None:
+        from prunekit.errors import PrunekitError
+
+        raise PrunekitError(f"method {method} prunes to a MACs budget: set target.macs_ratio or target.macs")
+    return float(ctx.target_macs)
+
+
+def _round_to(value: int | str) -> int:
+    from prunekit.cost.latency import resolve_round_to
+
+    value = resolve_round_to(value)
+    if value < 1:
+        raise ValueError("round_to must be >= 1 or 'auto'")
+    return value
+
+
+RoundTo = Annotated[int | Literal["auto"], AfterValidator(_round_to)]
+"""Config type of a channel-count multiple: an int >= 1, or ``"auto"`` = the multiple ONNX Runtime's CPU kernels
+run without padding waste here (:func:`prunekit.cost.latency.channel_multiple`: 16 on AVX-512, else 8)."""

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prunekit import importance as _importance
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodContext, MethodResult
+from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target
 from prunekit.methods.uniform import fit_uniform, legal_width
 from prunekit.search.bisect import bisect_monotone
 from prunekit.space import ChannelSpace, GroupChoice, Plan, apply, build_masks, mask, select_channels
@@ -80,7 +80,7 @@ class MagnitudeConfig(BaseModel):
     name: Literal["magnitude"] = "magnitude"
     importance: str = "l1"
     ranking: Literal["global", "per_layer"] = "global"
-    round_to: int = Field(1, ge=1)
+    round_to: RoundTo = 1
     min_channels: int = Field(1, ge=1)
     steps: int = Field(1, ge=1)
     step_epochs: float = Field(1.0, ge=0)
@@ -356,7 +356,7 @@ def run(ctx: MethodContext, cfg: MagnitudeConfig) -> MethodResult:
     """
     crit = _importance.get(cfg.importance)
     space, cm = ctx.space, ctx.cost
-    target = float(ctx.target_macs)
+    target = require_target(ctx, "magnitude")
     protected = {g.name for g in space.groups if g.tags & set(cfg.protect)}
     prunable = [g.name for g in space.groups if g.name not in protected]
     base = cm.cost()

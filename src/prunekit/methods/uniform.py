@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prunekit import importance as _importance
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodContext, MethodResult
+from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target
 from prunekit.search.bisect import bisect_monotone
 from prunekit.space import ChannelGroup, ChannelSpace, apply, plan_from_widths, round_width
 
@@ -51,7 +51,7 @@ class UniformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Literal["uniform"] = "uniform"
     importance: str = "first"
-    round_to: int = Field(1, ge=1)
+    round_to: RoundTo = 1
     min_channels: int = Field(1, ge=1)
 
     @field_validator("importance")
@@ -76,7 +76,7 @@ def legal_width(
     """The kept-channel count of ``group`` for a (fractional) target ``width``, exactly as a plan realises it.
 
     ``width`` is rounded to a multiple of ``round_to`` (``mode``: ``nearest`` with ties up, as
-    :func:`~prunekit.space.round_width`; ``floor``; ``ceil``) and clamped to ``[min(min_channels, C), C]``. Groups
+    :func:`~prunekit.space.round_width`; ``floor``; ``ceil``) and clamped to ``[min(max(min_channels, multiple), C), C]``. Groups
     touching a grouped conv (``group.blocks > 1``) are rounded to a multiple of ``lcm(round_to, blocks)`` and then
     down to a multiple of ``blocks`` (at least one channel per block), which is what
     :func:`~prunekit.space.select_channels` keeps. The map is non-decreasing in ``width`` (so costs built on it are
@@ -89,7 +89,7 @@ def legal_width(
     else:
         q = width / multiple
         k = math.floor(q + 1e-9) if mode == "floor" else math.ceil(q - 1e-9)
-        w = min(c, max(min(max(1, min_channels), c), k * multiple))
+        w = min(c, max(min(max(1, min_channels, multiple), c), k * multiple))
     if b > 1:
         w = max(b, (w // b) * b)  # C is a multiple of b (ChannelSpace), so this never exceeds C
     return int(w)
@@ -207,7 +207,7 @@ def run(ctx: MethodContext, cfg: UniformConfig) -> MethodResult:
             message gives that model's MACs.
     """
     space, cm = ctx.space, ctx.cost
-    target = float(ctx.target_macs)
+    target = require_target(ctx, "uniform")
 
     smallest = float(
         np.rint(cm.macs(uniform_widths(space, 0.0, round_to=cfg.round_to, min_channels=cfg.min_channels)))

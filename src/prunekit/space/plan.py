@@ -156,13 +156,15 @@ Importance = Callable[[nn.Module, ChannelSpace, ChannelGroup], torch.Tensor]
 
 
 def round_width(width: float, channels: int, *, multiple: int = 1, min_channels: int = 1) -> int:
-    """Round a (fractional) width to an int in ``[min(min_channels, C), C]``, to a multiple of ``multiple``.
+    """Round a (fractional) width to an int in ``[min(max(min_channels, multiple), C), C]``, to a multiple of
+    ``multiple``.
 
-    Rounds to the nearest multiple (ties up); never returns 0; never exceeds C.
+    Rounds to the nearest multiple (ties up); never returns 0; never exceeds C; never goes below one multiple (a
+    width of 3 with ``multiple=16`` would run as 16 on a vectorised CPU anyway).
     """
     multiple = max(1, int(multiple))
     w = int(np.floor(width / multiple + 0.5)) * multiple
-    lo = min(max(1, min_channels), channels)
+    lo = min(max(1, min_channels, multiple), channels)
     return int(min(channels, max(lo, w)))
 
 
