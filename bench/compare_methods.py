@@ -65,13 +65,18 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--out", default="bench/results/compare")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument(
+        "--baseline", help="reuse a trained baseline.pt of the same config (e.g. runs/quickstart/baseline.pt)"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     cfg = load_config(args.config, [f"target.macs_ratio={args.ratio}"])
     if args.smoke:
         cfg = smoke_config(cfg)
     base_dir = out / "baseline"
-    train_only(cfg, base_dir)
+    base_ckpt = Path(args.baseline) if args.baseline else base_dir / "baseline.pt"
+    if not args.baseline:
+        train_only(cfg, base_dir)
     variants = {
         "uniform": {"name": "uniform", "importance": "l1"},
         "uniform (round to 8)": {"name": "uniform", "importance": "l1", "round_to": 8},
@@ -89,7 +94,7 @@ def main() -> None:
     for label, method in variants.items():
         tree = json.loads(cfg.model_dump_json())
         tree["method"] = method
-        tree["baseline"] = {"checkpoint": str(base_dir / "baseline.pt")}
+        tree["baseline"] = {"checkpoint": str(base_ckpt)}
         c = parse_config(tree)
         t0 = time.perf_counter()
         res = run(
@@ -117,7 +122,7 @@ def main() -> None:
     spec = resolved_spec(cfg, data)
     shape = (1, data.in_chans, data.input_size, data.input_size)
     model = create_model(spec)
-    model.load_state_dict(load_state(base_dir / "baseline.pt"))
+    model.load_state_dict(load_state(base_ckpt))
     base = rows[0]["baseline"]
     t0 = time.perf_counter()
     pruned, r = tp_magnitude(model, shape, args.ratio * base["macs"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -189,7 +190,9 @@ class _Run:
         tc = base.model_copy(update={"epochs": epochs, "warmup_epochs": min(base.warmup_epochs, epochs / 2)})
         return self._fit(model, tc, tag, callbacks=callbacks, select="last")
 
-    def train(self, model: nn.Module, tc: TrainConfig, *, tag: str, callbacks=(), select="best", loss_fn=None):
+    def train(
+        self, model: nn.Module, tc: TrainConfig, *, tag: str, callbacks=(), select="best", loss_fn=None
+    ):
         """Any recipe on the run's data, checkpointed under ``ckpt/<tag>`` (see MethodContext.train)."""
         res = self._fit(model, tc, tag, callbacks=callbacks, select=select, loss_fn=loss_fn)
         if select == "best" and res.best_state is not None:
@@ -421,6 +424,24 @@ class _Run:
         return report
 
 
+def _start(cfg: RunConfig, out_dir, *, smoke: bool, overwrite: bool, command: str) -> _Run:
+    """Shrink for ``--smoke``, check everything checkable (nothing written on error), then open the run directory."""
+    if smoke:
+        cfg = smoke_config(cfg)
+    out = Path(out_dir) if out_dir else Path("runs") / (f"{cfg.name}-smoke" if smoke else cfg.name)
+    r = _Run(cfg, out, smoke=smoke, command=command)
+    r.prepare()  # raises before anything is written
+    r._load_state(overwrite and r.main)
+    if r.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
+        write_json(r.state_path, r.state)
+    from prunekit.train import barrier
+
+    barrier()
+    return r
+
+
 def run(
     cfg: RunConfig,
     out_dir: str | Path | None = None,
@@ -435,28 +456,21 @@ def run(
     checked first: a user error leaves no output directory behind. Re-running the same command resumes.
 
     Raises:
-        PrunekitError: bad input (one line), or a different config already in ``out_dir``.
+        PrunekitError: bad input (one line), a different config already in ``out_dir``, or a torchrun launch
+            (``run`` is single-process; use ``prunekit train`` under torchrun for the baseline).
     """
-    if smoke:
-        cfg = smoke_config(cfg)
-    out = Path(out_dir) if out_dir else Path("runs") / (f"{cfg.name}-smoke" if smoke else cfg.name)
-    r = _Run(cfg, out, smoke=smoke, command=command)
-    r.prepare()  # raises before anything is written
-    if r.dist.world_size > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise PrunekitError(
             "prunekit run is single-process; use torchrun with `prunekit train` for the baseline, "
             "then `prunekit run` with baseline.checkpoint"
         )
-    r._load_state(overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-    write_json(r.state_path, r.state)
+    r = _start(cfg, out_dir, smoke=smoke, overwrite=overwrite, command=command)
     r.baseline()
     r.method()
     r.recover()
     report = r.export_and_report()
     r._done("report", {"pruned_top1": report["pruned"]["top1"]})
-    return RunResult(out, report)
+    return RunResult(r.out, report)
 
 
 def train_only(
@@ -467,22 +481,14 @@ def train_only(
     overwrite: bool = False,
     command: str = "",
 ) -> RunResult:
-    """``prunekit train``: only the baseline phase (writes ``baseline.pt`` and ``state.json``)."""
-    if smoke:
-        cfg = smoke_config(cfg)
-    out = Path(out_dir) if out_dir else Path("runs") / (f"{cfg.name}-smoke" if smoke else cfg.name)
-    r = _Run(cfg, out, smoke=smoke, command=command)
-    r.prepare()
-    r._load_state(overwrite and r.main)
-    if r.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-    from prunekit.train import barrier, cleanup
+    """``prunekit train``: only the baseline phase (writes ``baseline.pt`` and ``state.json``); under torchrun it
+    trains with DDP and rank 0 writes."""
+    from prunekit.train import cleanup
 
-    barrier()
+    r = _start(cfg, out_dir, smoke=smoke, overwrite=overwrite, command=command)
     r.baseline()
     cleanup()
-    return RunResult(out, {"baseline": r.base_metrics, "wall_s": r.wall})
+    return RunResult(r.out, {"baseline": r.base_metrics, "wall_s": r.wall})
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, Plan, RunConfig]:
