@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 
 test: $(STAMP) lint
-	PRUNEKIT_NO_PROGRESS=1 $(PY) -m pytest -q -n $(JOBS) --durations=15
+	OMP_NUM_THREADS=1 PRUNEKIT_NO_PROGRESS=1 $(PY) -m pytest -q -n $(JOBS) --durations=15
 
 bench: $(STAMP)
 	$(PY) bench/bench_cost.py --out bench/results/cost.json

@@ -167,16 +167,38 @@ def test_train_under_torchrun_two_ranks(tmp_path):
 
     import torch
 
-    tree = {**TINY, "data": {"name": "digits", "batch_size": 32}, "baseline": {"train": {"epochs": 4, "lr": 0.1}}}
+    tree = {
+        **TINY,
+        "data": {"name": "digits", "batch_size": 32},
+        "baseline": {"train": {"epochs": 4, "lr": 0.1}},
+    }
     cfg = write_cfg(tmp_path, tree)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PRUNEKIT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(port), "-m", "prunekit.cli", "train", str(cfg), "--out", str(tmp_path / "ddp")],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "-m",
+            "prunekit.cli",
+            "train",
+            str(cfg),
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     ck = torch.load(tmp_path / "ddp" / "baseline.pt", weights_only=True)

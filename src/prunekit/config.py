@@ -80,7 +80,7 @@ class RunConfig(_Strict):
     device: str = "cpu"
     data: DataConfig
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
-    target: TargetConfig | None = None  # methods that prune to a budget require it (multistage uses its schedule)
+    target: TargetConfig | None = None  # budget methods require it; multistage uses its ratio schedule
     method: MethodConfig
     finetune: TrainConfig | None = None
     export: ExportConfig = Field(default_factory=ExportConfig)

@@ -276,7 +276,10 @@ class _Run:
         t0 = time.perf_counter()
         if done and (self.out / "plan.json").is_file() and (self.out / "method.safetensors").is_file():
             self.plan = Plan.load(self.out / "plan.json")
-            self.pruned = apply(self.model, self.plan, self.space)
+            if self.plan.model in (None, self.spec):
+                self.pruned = apply(self.model, self.plan, self.space)
+            else:  # the method pruned another base model (scratch: an expanded one); plan.model names it
+                self.pruned = apply(create_model(self.plan.model), self.plan)
             load_weights(self.pruned, load_state(self.out / "method.safetensors"), "method.safetensors")
             self.method_result = MethodResult(
                 plan=self.plan,
@@ -304,7 +307,7 @@ class _Run:
             smoke=self.smoke,
         )
         result = get_method(self.cfg.method.name).run(ctx, self.cfg.method)
-        result.plan.model = self.spec
+        result.plan.model = result.plan.model or self.spec  # a method may prune another base model (scratch)
         result.plan.input_shape = list(self.input_shape)
         result.plan.meta.update({"method": self.cfg.method.name, "target_macs": self.target_macs})
         self.plan, self.pruned, self.method_result = result.plan, result.model, result

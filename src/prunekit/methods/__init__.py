@@ -38,6 +38,9 @@ __all__ = [
 _METHOD_MODULES: tuple[str, ...] = (
     "prunekit.methods.uniform",
     "prunekit.methods.magnitude",
+    "prunekit.methods.multistage",
+    "prunekit.methods.scratch",
+    "prunekit.methods.metapruning",
 )
 
 
