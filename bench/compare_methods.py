@@ -78,15 +78,19 @@ def main() -> None:
     if not args.baseline:
         train_only(cfg, base_dir)
     variants = {
-        "uniform": {"name": "uniform", "importance": "l1"},
-        "uniform (round to 8)": {"name": "uniform", "importance": "l1", "round_to": 8},
-        "magnitude global": {"name": "magnitude", "importance": "l1", "ranking": "global"},
-        "magnitude per-layer": {"name": "magnitude", "importance": "l1", "ranking": "per_layer"},
-        "magnitude global (round to 8)": {
+        "uniform (round auto)": {"name": "uniform", "importance": "l1", "round_to": "auto"},
+        "magnitude global (round 1)": {"name": "magnitude", "importance": "l1", "ranking": "global"},
+        "magnitude global (round auto)": {
             "name": "magnitude",
             "importance": "l1",
             "ranking": "global",
-            "round_to": 8,
+            "round_to": "auto",
+        },
+        "magnitude per-layer (round auto)": {
+            "name": "magnitude",
+            "importance": "l1",
+            "ranking": "per_layer",
+            "round_to": "auto",
         },
     }
     rows = []

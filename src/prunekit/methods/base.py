@@ -98,3 +98,27 @@ def _round_to(value: int | str) -> int:
 RoundTo = Annotated[int | Literal["auto"], AfterValidator(_round_to)]
 """Config type of a channel-count multiple: an int >= 1, or ``"auto"`` = the multiple ONNX Runtime's CPU kernels
 run without padding waste here (:func:`prunekit.cost.latency.channel_multiple`: 16 on AVX-512, else 8)."""
+
+
+def _known_importance(name: str) -> str:
+    from prunekit.importance import CRITERIA
+
+    if name not in CRITERIA:
+        raise ValueError(f"unknown importance {name!r}: choose one of {', '.join(CRITERIA)}")
+    return name
+
+
+def _known_tags(tags: list[str]) -> list[str]:
+    from prunekit.space.channels import TAGS
+
+    bad = [t for t in tags if t not in TAGS]
+    if bad:
+        raise ValueError(f"unknown group tag(s) {', '.join(map(repr, bad))}: choose from {', '.join(TAGS)}")
+    return tags
+
+
+ImportanceName = Annotated[str, AfterValidator(_known_importance)]
+"""Config type of a channel-importance criterion name (a key of :data:`prunekit.importance.CRITERIA`)."""
+
+TagList = Annotated[list[str], AfterValidator(_known_tags)]
+"""Config type of a list of channel-group tags (:data:`prunekit.space.channels.TAGS`), e.g. groups to protect."""

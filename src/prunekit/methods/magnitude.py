@@ -44,16 +44,22 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from prunekit import importance as _importance
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target
+from prunekit.methods.base import (
+    ImportanceName,
+    MethodContext,
+    MethodResult,
+    RoundTo,
+    TagList,
+    require_target,
+)
 from prunekit.methods.uniform import fit_uniform, legal_width
 from prunekit.search.bisect import bisect_monotone
 from prunekit.space import ChannelSpace, GroupChoice, Plan, apply, build_masks, mask, select_channels
-from prunekit.space.channels import TAGS
 from prunekit.train.masking import MaskCallback
 
 __all__ = ["Config", "MagnitudeConfig", "min_widths", "prune_to_target", "run", "step_targets"]
@@ -78,30 +84,13 @@ class MagnitudeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: Literal["magnitude"] = "magnitude"
-    importance: str = "l1"
+    importance: ImportanceName = "l1"
     ranking: Literal["global", "per_layer"] = "global"
     round_to: RoundTo = 1
     min_channels: int = Field(1, ge=1)
     steps: int = Field(1, ge=1)
     step_epochs: float = Field(1.0, ge=0)
-    protect: list[str] = Field(default_factory=list)
-
-    @field_validator("importance")
-    @classmethod
-    def _known_importance(cls, v: str) -> str:
-        if v not in _importance.CRITERIA:
-            raise ValueError(f"unknown importance {v!r}: choose one of {', '.join(_importance.CRITERIA)}")
-        return v
-
-    @field_validator("protect")
-    @classmethod
-    def _known_tags(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if t not in TAGS]
-        if bad:
-            raise ValueError(
-                f"unknown group tag(s) {', '.join(map(repr, bad))}: choose from {', '.join(TAGS)}"
-            )
-        return v
+    protect: TagList = Field(default_factory=list)
 
 
 Config = MagnitudeConfig

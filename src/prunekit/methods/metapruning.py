@@ -70,7 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
 from prunekit.io import write_json
-from prunekit.methods.base import MethodContext, MethodResult, require_target
+from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target
 from prunekit.methods.uniform import fit_uniform, legal_width
 from prunekit.pruningnet import PruningNet
 from prunekit.search.evolution import EvolutionConfig, GeneBounds, GeneticSearch
@@ -148,7 +148,7 @@ class MetaPruningConfig(BaseModel):
     name: Literal["metapruning"] = "metapruning"
     scales: list[float] = Field(default_factory=default_scales)
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    round_to: int = Field(1, ge=1)
+    round_to: RoundTo = 1
     min_channels: int = Field(1, ge=1)
     window: tuple[float, float] = (0.9, 1.0)
     macs_window: tuple[float, float] | None = None

@@ -61,12 +61,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from prunekit import importance as _importance
 from prunekit.cost.macs import CostModel, count_params
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodContext, MethodResult
+from prunekit.methods.base import ImportanceName, MethodContext, MethodResult, RoundTo, TagList
 from prunekit.methods.magnitude import prune_to_target
 from prunekit.methods.schedules import parse_schedule, stage_pairs, stage_ratios
 from prunekit.methods.uniform import legal_width
 from prunekit.space import ChannelSpace, GroupChoice, Plan, apply, select_channels
-from prunekit.space.channels import TAGS, clone_model
+from prunekit.space.channels import clone_model
 from prunekit.train import TrainConfig
 from prunekit.train.agp import AGPCallback
 
@@ -132,11 +132,11 @@ class MultistageConfig(BaseModel):
     name: Literal["multistage"] = "multistage"
     schedule: str | list[float] = "8stage"
     final_ratio: float | None = Field(default=None, gt=0.0, lt=1.0)
-    importance: str = "l1"
+    importance: ImportanceName = "l1"
     ranking: Literal["per_layer", "global"] = "per_layer"
-    round_to: int = Field(1, ge=1)
+    round_to: RoundTo = 1
     min_channels: int = Field(1, ge=1)
-    protect: list[str] = Field(default_factory=list)
+    protect: TagList = Field(default_factory=list)
     ramp_epochs: float = Field(4.0, ge=0)
     prune_every: int = Field(2000, ge=1)
     exponent: float = Field(3.0, gt=0)
@@ -153,23 +153,6 @@ class MultistageConfig(BaseModel):
             parse_schedule(v)
         except PrunekitError as exc:
             raise ValueError(str(exc)) from None
-        return v
-
-    @field_validator("importance")
-    @classmethod
-    def _known_importance(cls, v: str) -> str:
-        if v not in _importance.CRITERIA:
-            raise ValueError(f"unknown importance {v!r}: choose one of {', '.join(_importance.CRITERIA)}")
-        return v
-
-    @field_validator("protect")
-    @classmethod
-    def _known_tags(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if t not in TAGS]
-        if bad:
-            raise ValueError(
-                f"unknown group tag(s) {', '.join(map(repr, bad))}: choose from {', '.join(TAGS)}"
-            )
         return v
 
     @model_validator(mode="after")

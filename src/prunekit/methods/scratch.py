@@ -61,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodContext, MethodResult, require_target
+from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target
 from prunekit.methods.uniform import legal_width
 from prunekit.search.bisect import bisect_monotone
 from prunekit.space import ChannelSpace, GroupChoice, Plan, apply, select_channels
@@ -111,7 +111,7 @@ class ScratchConfig(BaseModel):
     sparsity: float = Field(0.2, gt=0, le=1)
     tol: float = Field(1e-3, gt=0, lt=1)
     min_channels: int = Field(1, ge=1)
-    round_to: int = Field(1, ge=1)
+    round_to: RoundTo = 1
     budget: Literal["scratch-b", "scratch-e"] = "scratch-b"
     train: TrainConfig | None = None
     select: Literal["best", "last"] = "best"
