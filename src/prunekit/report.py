@@ -732,12 +732,17 @@ def plot_training(report: Mapping, path: str | Path | None = None) -> Figure:
             pts = [(x, y) for x, y in pts if y is not None and math.isfinite(y)]
             return [x for x, _ in pts], [y for _, y in pts]
 
+        # many phases (e.g. 15 multistage stages): one legend entry per line style, phase names at the boundaries
+        many = len(phases) > 4
+        name = "" if many else f"{phase} "
         for ax, key, ls, label, scale in (
-            (ax_a, "val_top1", "-", f"{phase} val", 100.0),
-            (ax_a, "train_top1", ":", f"{phase} train", 100.0),
-            (ax_l, "train_loss", "-", f"{phase} train", 1.0),
-            (ax_l, "val_loss", ":", f"{phase} val", 1.0),
+            (ax_a, "val_top1", "-", f"{name}val", 100.0),
+            (ax_a, "train_top1", ":", f"{name}train", 100.0),
+            (ax_l, "train_loss", "-", f"{name}train", 1.0),
+            (ax_l, "val_loss", ":", f"{name}val", 1.0),
         ):
+            if many and i > 0:
+                label = "_nolegend_"
             x, y = series(key)
             if x:
                 ax.plot(
@@ -753,6 +758,17 @@ def plot_training(report: Mapping, path: str | Path | None = None) -> Figure:
         if i > 0:
             for ax in (ax_a, ax_l):
                 ax.axvline(offset + 0.5, color="0.6", ls="--", lw=0.8)
+                if many:
+                    ax.text(
+                        offset + 0.6,
+                        0.02,
+                        phase,
+                        transform=ax.get_xaxis_transform(),
+                        rotation=90,
+                        fontsize=6,
+                        color="0.4",
+                        va="bottom",
+                    )
         offset = max(xs) if xs else offset
 
     ax_a.set_title("Top-1 per epoch")
