@@ -342,9 +342,9 @@ def _scorer(crit, space: ChannelSpace, names: list[str]):
 
 
 def _shrink_for_smoke(cfg: MultistageConfig, steps_per_epoch: int) -> tuple[TrainConfig, float, int]:
-    """``(stage recipe, ramp_epochs, prune_every)`` for a ``--smoke`` run: at most one epoch per stage, the ramp in its
-    first half, at least four prune events in the ramp."""
-    epochs = min(cfg.stage.epochs, 1.0)
+    """``(stage recipe, ramp_epochs, prune_every)`` for a ``--smoke`` run: at most half an epoch per stage (a 15-stage
+    schedule must still finish in about two minutes), the ramp in its first half, at least four prune events."""
+    epochs = min(cfg.stage.epochs, 0.5)
     tc = cfg.stage.model_copy(
         update={
             "epochs": epochs,
@@ -357,9 +357,9 @@ def _shrink_for_smoke(cfg: MultistageConfig, steps_per_epoch: int) -> tuple[Trai
     return tc, ramp, max(1, min(cfg.prune_every, ramp_steps // 4))
 
 
-def _latency_ms(ctx: MethodContext, cfg: MultistageConfig, model: nn.Module) -> float | None:
-    if not cfg.latency:
-        return None
+def _latency_ms(ctx: MethodContext, cfg: MultistageConfig, model: nn.Module, last: bool) -> float | None:
+    if not cfg.latency or (ctx.smoke and not last):
+        return None  # --smoke measures only the baseline and the final stage (each export takes seconds)
     from prunekit.cost.latency import measure_ort_latency
 
     kw: dict[str, Any] = {"batch_sizes": (1,), "threads": cfg.latency_threads}
@@ -370,7 +370,13 @@ def _latency_ms(ctx: MethodContext, cfg: MultistageConfig, model: nn.Module) -> 
 
 
 def _stage_row(
-    ctx: MethodContext, cfg: MultistageConfig, k: int, ratio: float, model: nn.Module, plan: Plan
+    ctx: MethodContext,
+    cfg: MultistageConfig,
+    k: int,
+    ratio: float,
+    model: nn.Module,
+    plan: Plan,
+    last: bool = True,
 ) -> dict[str, Any]:
     return {
         "stage": k,
@@ -379,7 +385,7 @@ def _stage_row(
         "test_top1": float(ctx.evaluate(model, "test")["top1"]),
         "macs": int(ctx.cost.cost(plan).macs),
         "params": int(count_params(model)),
-        "latency_ms": _latency_ms(ctx, cfg, model),
+        "latency_ms": _latency_ms(ctx, cfg, model, last),
     }
 
 
@@ -483,7 +489,7 @@ def run(ctx: MethodContext, cfg: MultistageConfig) -> MethodResult:
         cb.masks.apply_(work)  # the best state was saved masked; re-applying is a no-op safeguard
         final = apply(work, plan, space)
         diff = check_equivalent(work, final, space.input_shape, atol=cfg.check_atol)
-        row = _stage_row(ctx, cfg, k, r_end, final, plan)
+        row = _stage_row(ctx, cfg, k, r_end, final, plan, last=k == len(ratios))
         history.append(row)
         best_epochs.append(getattr(res, "best_epoch", None))
         plan.save(stages_dir / f"stage{k}.plan.json")
