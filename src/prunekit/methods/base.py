@@ -86,6 +86,17 @@ def require_target(ctx: MethodContext, method: str) -> float:
     return float(ctx.target_macs)
 
 
+def require_train(ctx: MethodContext, method: str) -> Callable[..., Any]:
+    """``ctx.train``, or a PrunekitError: ``method`` trains inside itself and must run through ``prunekit run``."""
+    if ctx.train is None:
+        from prunekit.errors import PrunekitError
+
+        raise PrunekitError(
+            f"method {method} trains inside its phases and needs MethodContext.train; use `prunekit run`"
+        )
+    return ctx.train
+
+
 def _round_to(value: int | str) -> int:
     from prunekit.cost.latency import resolve_round_to
 

@@ -70,7 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
 from prunekit.io import write_json
-from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target
+from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target, require_train
 from prunekit.methods.uniform import fit_uniform, legal_width
 from prunekit.pruningnet import PruningNet
 from prunekit.search.evolution import EvolutionConfig, GeneBounds, GeneticSearch
@@ -565,8 +565,7 @@ def run(ctx: MethodContext, cfg: MetaPruningConfig) -> MethodResult:
     space, cm = ctx.space, ctx.cost
     if getattr(ctx.data, "val", None) is None:
         raise PrunekitError("metapruning scores candidates on a held-out split: set data.val_fraction > 0")
-    if ctx.train is None:
-        raise PrunekitError("metapruning needs ctx.train (run it through the prunekit pipeline)")
+    require_train(ctx, "metapruning")
     lo, hi = macs_window(cfg, target)
     enc = build_encoding(
         space, cfg.scales, bounds=cfg.bounds, round_to=cfg.round_to, min_channels=cfg.min_channels

@@ -61,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from prunekit import importance as _importance
 from prunekit.cost.macs import CostModel, count_params
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import ImportanceName, MethodContext, MethodResult, RoundTo, TagList
+from prunekit.methods.base import ImportanceName, MethodContext, MethodResult, RoundTo, TagList, require_train
 from prunekit.methods.magnitude import prune_to_target
 from prunekit.methods.schedules import parse_schedule, stage_pairs, stage_ratios
 from prunekit.methods.uniform import legal_width
@@ -411,10 +411,7 @@ def run(ctx: MethodContext, cfg: MultistageConfig) -> MethodResult:
             that diverged (non-finite weights at a prune event; the message suggests ``grad_clip`` / a lower LR).
         RuntimeError: a stage's exported model does not reproduce its masked model (a bug).
     """
-    if ctx.train is None:
-        raise PrunekitError(
-            "multistage trains inside its stages and needs MethodContext.train; use `prunekit run`"
-        )
+    require_train(ctx, "multistage")
     if getattr(ctx.data, "val", None) is None:
         raise PrunekitError(
             "multistage selects each stage's best checkpoint on the validation split: set data.val_fraction > 0"

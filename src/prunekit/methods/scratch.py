@@ -61,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target
+from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target, require_train
 from prunekit.methods.uniform import legal_width
 from prunekit.search.bisect import bisect_monotone
 from prunekit.space import ChannelSpace, GroupChoice, Plan, apply, select_channels
@@ -511,29 +511,6 @@ def plot_gates(
 
 
 # ---------------------------------------------------------------------------------------------- the method
-def _train(ctx: MethodContext, model: nn.Module, tc: TrainConfig, *, tag: str, callbacks=(), select="best"):
-    """``ctx.train`` when the context has one; otherwise :func:`prunekit.train.fit` on ``ctx.data`` with the same
-    checkpoint/resume layout (``out_dir/ckpt/<tag>.ckpt``)."""
-    if ctx.train is not None:
-        return ctx.train(model, tc, tag=tag, callbacks=callbacks, select=select)
-    from prunekit.train import fit
-
-    ckpt = Path(ctx.out_dir) / "ckpt" / f"{tag}.ckpt"
-    res = fit(
-        model,
-        ctx.data.train,
-        tc,
-        val_loader=ctx.data.val,
-        device=ctx.device,
-        callbacks=callbacks,
-        ckpt_path=ckpt,
-        resume=ckpt.is_file(),
-        desc=tag,
-        select=select,
-    )
-    return res
-
-
 def run(ctx: MethodContext, cfg: ScratchConfig) -> MethodResult:
     """Expand, learn gates on random weights, prune to ``ctx.target_macs``, train the pruned net from scratch.
 
@@ -555,6 +532,7 @@ def run(ctx: MethodContext, cfg: ScratchConfig) -> MethodResult:
             target cannot be met within ``tol`` (see :func:`prune_to_macs`).
     """
     target = require_target(ctx, "scratch")
+    train = require_train(ctx, "scratch")
     recipe = cfg.train or ctx.baseline_train
     if recipe is None:
         raise PrunekitError(
@@ -598,8 +576,7 @@ def run(ctx: MethodContext, cfg: ScratchConfig) -> MethodResult:
         seed=ctx.seed,
     )
     selector = GateSelector(cfg.sparsity)
-    res = _train(
-        ctx,
+    res = train(
         gated,
         gate_tc,
         tag="scratch-gates",
@@ -699,7 +676,7 @@ def run(ctx: MethodContext, cfg: ScratchConfig) -> MethodResult:
         train_tc.epochs,
         recipe.epochs,
     )
-    tr = _train(ctx, pruned, train_tc, tag="scratch-train", select=select)
+    tr = train(pruned, train_tc, tag="scratch-train", select=select)
     if select == "best" and ctx.train is None and tr.best_state is not None:
         pruned.load_state_dict(tr.best_state)
     history.append(
