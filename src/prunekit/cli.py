@@ -236,8 +236,7 @@ def eval_(
     from pathlib import Path
 
     from prunekit.data import DataConfig, build_data
-    from prunekit.models import create_model
-    from prunekit.pipeline import BASELINE_FORMAT, load_run, load_state, load_weights
+    from prunekit.pipeline import load_baseline, load_run
     from prunekit.train import evaluate
 
     if split not in ("test", "val"):
@@ -247,15 +246,7 @@ def eval_(
         model, _, cfg = load_run(path)
         data_cfg = cfg.data
     else:
-        from prunekit.io import load_checkpoint
-
-        ck = load_checkpoint(path)
-        if ck.get("format") != BASELINE_FORMAT:
-            raise PrunekitError(
-                f"{path} is not a prunekit baseline.pt (give a run directory or a baseline.pt)"
-            )
-        model = create_model(ck["spec"])
-        load_weights(model, load_state(path), str(path))
+        model, ck = load_baseline(path)
         data_cfg = DataConfig.model_validate_json(ck["data"])
     data = build_data(data_cfg)
     loader = data.test if split == "test" else data.val

@@ -494,6 +494,24 @@ def train_only(
     return RunResult(r.out, {"baseline": r.base_metrics, "wall_s": r.wall})
 
 
+def load_baseline(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the unpruned model saved in a prunekit ``baseline.pt`` (loaded with ``weights_only=True``).
+
+    Returns:
+        ``(model, checkpoint)``: the model built from the checkpoint's spec with its weights, in eval mode, and the
+        checkpoint dict (``spec``, ``input_shape``, ``data`` (a ``DataConfig`` JSON), ...).
+
+    Raises:
+        PrunekitError: missing / corrupt file, or not a prunekit baseline checkpoint.
+    """
+    ck = load_checkpoint(path)
+    if ck.get("format") != BASELINE_FORMAT:
+        raise PrunekitError(f"{path} is not a prunekit baseline.pt (give a run directory or a baseline.pt)")
+    model = create_model(ck["spec"])
+    load_weights(model, load_state(path), str(path))
+    return model.eval(), ck
+
+
 def load_run(run_dir: str | Path) -> tuple[nn.Module, Plan, RunConfig]:
     """Rebuild a finished run's pruned model from ``plan.json`` + ``model.safetensors`` (no pickled modules).
 

@@ -1,0 +1,105 @@
+"""Re-time every model of finished runs back to back, on a quiet machine.
+
+Usage:
+    python bench/remeasure_latency.py RUN_DIR [RUN_DIR ...] [--stages] [--rounds 3] [--batch 64]
+                                      [--out bench/results/latency_remeasured]
+
+Latencies written into run reports were measured when each run finished -- possibly while another job shared the
+CPU, which on a 2-core machine moves sub-millisecond medians by up to ~1.7x. This script rebuilds, for every run
+directory, the baseline (``baseline.pt``), the pruned model (``plan.json`` + ``model.safetensors``) and with
+``--stages`` every multistage stage (``stages/stage{k}.plan.json`` + ``.safetensors``), then times them all with ONNX
+Runtime (BatchNorm folded, one intra-op thread, :func:`prunekit.cost.latency.measure_ort_latency`) in ``--rounds``
+interleaved rounds and reports the median over rounds of each model's median (ms per batch). Run it with nothing
+else on the machine.
+
+Output: ``<out>.json`` and ``<out>.md`` (one row per model: run, model, MACs, ms at batch 1 and ``--batch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from prunekit.cost.latency import measure_ort_latency
+from prunekit.cost.macs import measure_macs
+from prunekit.errors import PrunekitError
+from prunekit.io import write_json, write_text
+from prunekit.pipeline import load_baseline, load_run, load_state
+from prunekit.space import Plan, rebuild
+
+
+def _models(run_dir: Path, stages: bool) -> list[tuple[str, torch.nn.Module, tuple[int, ...]]]:
+    """``(label, model, input_shape)`` for the baseline, the pruned model and (optionally) every stage."""
+    out = []
+    base = run_dir / "baseline.pt"
+    if base.is_file():
+        model, ck = load_baseline(base)
+        out.append(("baseline", model, tuple(ck["input_shape"])))
+    model, plan, _ = load_run(run_dir)
+    out.append(("pruned", model.eval(), tuple(plan.input_shape)))
+    if stages:
+        found = sorted(
+            (int(m.group(1)), p)
+            for p in (run_dir / "stages").glob("stage*.plan.json")
+            if (m := re.fullmatch(r"stage(\d+)\.plan\.json", p.name))
+        )
+        for k, p in found:
+            sp = Plan.load(p)
+            net = rebuild(sp, load_state(p.with_name(f"stage{k}.safetensors"))).eval()
+            out.append((f"stage {k}", net, tuple(sp.input_shape)))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument(
+        "--stages", action="store_true", help="also every stages/stage{k} model (multistage runs)"
+    )
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=64, help="second batch size (0: batch 1 only)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/latency_remeasured"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    try:
+        models = [(str(r), label, m, shape) for r in args.runs for label, m, shape in _models(r, args.stages)]
+    except PrunekitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    batches = (1, args.batch) if args.batch > 1 else (1,)
+    times: dict[int, list[list[float]]] = {i: [[] for _ in batches] for i in range(len(models))}
+    for _ in range(args.rounds):
+        for i, (_, _, m, shape) in enumerate(models):
+            stats = measure_ort_latency(m, shape, batch_sizes=batches, threads=1)
+            for j, b in enumerate(batches):
+                times[i][j].append(stats[b].median_ms)
+    rows = []
+    for i, (run, label, m, shape) in enumerate(models):
+        rows.append(
+            {
+                "run": run,
+                "model": label,
+                "macs": measure_macs(m, shape),
+                **{f"ms_b{b}": statistics.median(times[i][j]) for j, b in enumerate(batches)},
+                **{f"ms_b{b}_rounds": times[i][j] for j, b in enumerate(batches)},
+            }
+        )
+    cmd = "python bench/remeasure_latency.py " + " ".join(sys.argv[1:])
+    head = "| run | model | MACs | " + " | ".join(f"ORT ms b={b}" for b in batches) + " |"
+    lines = [f"`{cmd}`", "", head, "|---|---|---:|" + "---:|" * len(batches)]
+    for r in rows:
+        cells = " | ".join(f"{r[f'ms_b{b}']:.3f}" for b in batches)
+        lines.append(f"| {r['run']} | {r['model']} | {r['macs'] / 1e6:.3f}M | {cells} |")
+    write_json(args.out.with_suffix(".json"), {"command": cmd, "rounds": args.rounds, "rows": rows})
+    write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
