@@ -1,14 +1,14 @@
 """Same learned gates, pruned with and without hardware-friendly rounding: MACs and ONNX Runtime latency.
 
 Usage:
-    python bench/scratch_rounding.py RUN_DIR [--ratio 0.5] [--tol-rounded 0.02] [--rounds 3]
+    python bench/scratch_rounding.py RUN_DIR [--ratio 0.5] [--round-to auto] [--tol-rounded 0.02] [--rounds 3]
                                      [--out bench/results/scratch_rounding]
 
 ``RUN_DIR`` is a finished ``scratch`` run (its ``gates.json`` holds the learned gates and the expanded model's spec).
 The gates are pruned to ``ratio`` x the reference model's MACs twice with
 :func:`prunekit.methods.scratch.prune_to_macs`: as the seed does (``round_to: 1``, ``tol: 0.001``) and with widths
-rounded to the CPU's ONNX Runtime channel block (``round_to: auto``, ``min_channels`` the same, ``--tol-rounded``:
-coarse widths cannot hit a 0.1% window). The architectures are timed (random weights: latency does not depend on
+rounded to the CPU's ONNX Runtime channel block (``--round-to``, default ``auto``; ``min_channels`` the same;
+``--tol-rounded``: coarse widths cannot hit a 0.1% window). The architectures are timed (random weights: latency does not depend on
 them) against the reference model in ``--rounds`` interleaved rounds (ONNX Runtime, one thread, BN folded; median of
 the rounds' medians, ms per batch). Accuracy is not measured here.
 
@@ -38,6 +38,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--round-to", default="auto", help="the rounded variant's round_to (auto or an int)")
     ap.add_argument("--tol-rounded", type=float, default=0.02)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("bench/results/scratch_rounding"))
@@ -54,7 +55,11 @@ def main() -> int:
     ref_macs = float(CostModel(ChannelSpace.build(reference, shape)).cost().macs)
     gates = {k: torch.tensor(v) for k, v in g["gates"].items()}
     nets = {"reference": (reference, ref_macs, None)}
-    for label, rt, tol in (("round_to 1, tol 0.001", 1, 1e-3), ("round_to auto", "auto", args.tol_rounded)):
+    rounded = args.round_to if args.round_to == "auto" else int(args.round_to)
+    for label, rt, tol in (
+        ("round_to 1, tol 0.001", 1, 1e-3),
+        (f"round_to {rounded}", rounded, args.tol_rounded),
+    ):
         r = resolve_round_to(rt)
         plan = prune_to_macs(
             space, cost, gates, args.ratio * ref_macs, tol=tol, round_to=r, min_channels=max(r, 1)
