@@ -62,7 +62,16 @@ from prunekit.search.bisect import bisect_monotone
 from prunekit.space import ChannelSpace, GroupChoice, Plan, apply, build_masks, mask, select_channels
 from prunekit.train.masking import MaskCallback
 
-__all__ = ["Config", "MagnitudeConfig", "min_widths", "prune_to_target", "run", "step_targets"]
+__all__ = [
+    "Config",
+    "MagnitudeConfig",
+    "alive_counts",
+    "min_widths",
+    "prune_to_target",
+    "run",
+    "scored_protected",
+    "step_targets",
+]
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +115,8 @@ def step_targets(base_macs: float, target_macs: float, steps: int) -> list[float
     return [float(base_macs) * ratio ** (k / steps) for k in range(1, steps)] + [float(target_macs)]
 
 
-def _alive_counts(space: ChannelSpace, alive: Mapping[str, torch.Tensor] | None) -> np.ndarray:
+def alive_counts(space: ChannelSpace, alive: Mapping[str, torch.Tensor] | None) -> np.ndarray:
+    """Channels still present per group, shape ``[G]`` (int64, space order); ``alive=None`` = all of them."""
     return np.array(
         [
             int(alive[g.name].sum()) if alive is not None and g.name in alive else g.channels
@@ -127,7 +137,7 @@ def min_widths(
     """The smallest reachable widths, shape ``[G]``: every unprotected group at its minimum legal width (see
     :func:`~prunekit.methods.uniform.legal_width`), protected groups at their current (alive) width."""
     protected = set(protected)
-    n_alive = _alive_counts(space, alive)
+    n_alive = alive_counts(space, alive)
     return np.array(
         [
             n_alive[i]
@@ -148,6 +158,14 @@ def _unreachable(
         f"min_channels={min_channels}, round_to={round_to}{prot}); raise the target or lower "
         "min_channels/round_to/protect"
     )
+
+
+def scored_protected(
+    space: ChannelSpace, scores: Mapping[str, torch.Tensor], protected: Iterable[str]
+) -> set[str]:
+    """Names of the groups never pruned: those in ``protected`` and those without ``scores``."""
+    given = set(protected)
+    return {g.name for g in space.groups if g.name in given or g.name not in scores}
 
 
 def prune_to_target(
@@ -187,9 +205,8 @@ def prune_to_target(
             scores are not finite.
     """
     groups = space.groups
-    given = set(protected)
-    protected = {g.name for g in groups if g.name in given or g.name not in scores}
-    n_alive = _alive_counts(space, alive)
+    protected = scored_protected(space, scores, protected)
+    n_alive = alive_counts(space, alive)
     masked: dict[str, torch.Tensor] = {}
     for g in groups:
         s = (

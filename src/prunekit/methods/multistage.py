@@ -62,7 +62,7 @@ from prunekit import importance as _importance
 from prunekit.cost.macs import CostModel, count_params
 from prunekit.errors import PrunekitError
 from prunekit.methods.base import ImportanceName, MethodContext, MethodResult, RoundTo, TagList, require_train
-from prunekit.methods.magnitude import prune_to_target
+from prunekit.methods.magnitude import alive_counts, prune_to_target, scored_protected
 from prunekit.methods.schedules import parse_schedule, stage_pairs, stage_ratios
 from prunekit.methods.uniform import legal_width
 from prunekit.space import ChannelSpace, GroupChoice, Plan, apply, select_channels
@@ -173,16 +173,6 @@ Config = MultistageConfig
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
-def _n_alive(space: ChannelSpace, alive: Mapping[str, torch.Tensor] | None) -> np.ndarray:
-    return np.array(
-        [
-            int(alive[g.name].sum()) if alive is not None and g.name in alive else g.channels
-            for g in space.groups
-        ],
-        dtype=np.int64,
-    )
-
-
 def uniform_ratio_widths(
     space: ChannelSpace,
     ratio: float,
@@ -200,7 +190,7 @@ def uniform_ratio_widths(
     channels. The seed prunes ``round(ratio * C)`` channels per cluster, the same count up to ``.5`` ties.
     """
     protected = set(protected)
-    n_alive = _n_alive(space, alive)
+    n_alive = alive_counts(space, alive)
     return np.array(
         [
             n_alive[i]
@@ -251,8 +241,7 @@ def plan_at_ratio(
     """
     if not 0.0 <= ratio < 1.0:
         raise PrunekitError(f"pruning ratio must be in [0, 1), got {ratio}")
-    given = set(protected)
-    protected = {g.name for g in space.groups if g.name in given or g.name not in scores}
+    protected = scored_protected(space, scores, protected)
     widths = uniform_ratio_widths(
         space, ratio, alive=alive, protected=protected, round_to=round_to, min_channels=min_channels
     )
