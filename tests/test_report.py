@@ -20,6 +20,7 @@ from prunekit.report import (
     plot_tradeoff,
     plot_training,
     render_markdown,
+    training_warnings,
     write_report,
 )
 
@@ -372,3 +373,41 @@ def test_nan_in_history_is_shown():
     r = full_report()
     r["history"]["method"][0]["val_top1"] = float("nan")
     assert "| 1 | 30.77M | NaN |" in render_markdown(r)
+
+
+def test_stable_training_has_no_warning():
+    rep = full_report()
+    assert training_warnings(rep) == []
+    assert "Warning" not in render_markdown(rep)
+
+
+@pytest.mark.parametrize(
+    ("losses", "expect"),
+    [
+        ([3.07, 1.80, 1.55], "epoch 1 train loss 3.070 above chance level ln(10) = 2.303"),
+        ([1.87, 2.09, 1.36], "epoch 2 train loss rose 1.870 -> 2.090"),
+        ([1.30, 1.32, 1.20], None),  # +1.5%: noise, not a warning
+    ],
+)
+def test_unstable_training_is_flagged(losses: list[float], expect: str | None):
+    rep = full_report()
+    rep["history"]["final"] = [
+        {"epoch": e, "train_loss": v, "val_top1": 0.5} for e, v in enumerate(losses, 1)
+    ]
+    warns = training_warnings(rep)
+    if expect is None:
+        assert warns == []
+        return
+    assert len(warns) == 1 and warns[0].startswith("`final`:") and expect in warns[0]
+    assert "set grad_clip" in warns[0]
+    md = render_markdown(rep)
+    assert f"> **Warning** {warns[0]}" in md
+
+
+def test_warning_without_class_count_uses_the_rise_rule_only():
+    rep = full_report()
+    del rep["dataset"]["num_classes"]
+    rep["history"]["final"] = [{"epoch": 1, "train_loss": 9.0}, {"epoch": 2, "train_loss": 8.0}]
+    assert training_warnings(rep) == []
+    rep["history"]["final"].append({"epoch": 3, "train_loss": 8.9})
+    assert "epoch 3 train loss rose" in training_warnings(rep)[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -41,6 +42,7 @@ from prunekit.space import ChannelSpace, Plan, apply
 from prunekit.train import TrainConfig, evaluate, fit
 
 BASELINE_FORMAT = "prunekit-baseline-v1"
+log = logging.getLogger(__name__)
 SMOKE = {"subset_train": 1500, "subset_val": 300, "subset_test": 500, "epochs": 1.0}
 
 
@@ -335,7 +337,7 @@ class _Run:
     def export_and_report(self) -> dict:
         from prunekit.cost.latency import measure_ort_latency
         from prunekit.export import export_onnx
-        from prunekit.report import write_report
+        from prunekit.report import training_warnings, write_report
 
         t0 = time.perf_counter()
         pruned_metrics = self.evaluate(self.pruned, "test")
@@ -421,6 +423,9 @@ class _Run:
             "files": files,
         }
         report["wall_s"]["total"] = round(sum(v for k, v in self.wall.items()), 2)
+        report["warnings"] = training_warnings(report)
+        for w in report["warnings"]:
+            log.warning("%s", w.replace("`", ""))
         written = write_report(report, self.out)
         report["files"].update({k: Path(v).name for k, v in written.items()})
         write_json(self.out / "report.json", report)

@@ -270,6 +270,40 @@ def _epoch_phases(report: Mapping) -> list[tuple[str, list[dict]]]:
     return out
 
 
+def training_warnings(report: Mapping, *, rise: float = 0.05) -> list[str]:
+    """Signs of an unstable training recipe in the report's per-epoch history, one sentence each.
+
+    A phase is flagged when an epoch's mean train loss (nats) is above chance level ``ln(num_classes)`` (the
+    loss of a uniform prediction, with or without label smoothing) after its first epoch's worth of steps, or rose
+    by more than ``rise`` (relative) over the previous epoch's -- under a decaying LR either means the optimiser
+    overshot. ``train_loss`` is the task loss alone (a method's extra term is logged apart). The run is not failed: the
+    numbers are what they are, the warning says why they may be low.
+    """
+    n_cls = _num(_get(report, "dataset", "num_classes"))
+    chance = math.log(n_cls) if n_cls and n_cls > 1 else None
+    out = []
+    for phase, hist in _epoch_phases(report):
+        notes = []
+        prev = None
+        for r in hist:
+            loss, ep = _num(r.get("train_loss")), r.get("epoch")
+            if loss is None or not math.isfinite(loss):
+                continue
+            if chance is not None and loss > chance:
+                notes.append(
+                    f"epoch {ep} train loss {loss:.3f} above chance level ln({n_cls:.0f}) = {chance:.3f}"
+                )
+            elif prev is not None and loss > prev * (1.0 + rise):
+                notes.append(f"epoch {ep} train loss rose {prev:.3f} -> {loss:.3f}")
+            prev = loss
+        if notes:
+            out.append(
+                f"`{phase}`: {'; '.join(notes)}: the recipe looks unstable for this model "
+                "(lower lr, add warmup_epochs or set grad_clip)"
+            )
+    return out
+
+
 def has_training_history(report: Mapping) -> bool:
     """True when some history phase has per-epoch rows, i.e. :func:`write_report` also writes ``training.png``."""
     return bool(_epoch_phases(report))
@@ -400,6 +434,9 @@ def render_markdown(report: Mapping) -> str:
         lines += _table(
             ["phase", "epochs", "best val top-1", "at epoch", "final val top-1", "final train loss"], rows
         )
+        lines += [""]
+        for w in training_warnings(report):
+            lines += [f"> **Warning** {w}", ""]
         lines += ["", "![training curves](training.png)", ""]
 
     # ---- groups
