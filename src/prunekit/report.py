@@ -437,7 +437,7 @@ def render_markdown(report: Mapping) -> str:
         lines += [""]
         for w in training_warnings(report):
             lines += [f"> **Warning** {w}", ""]
-        lines += ["", "![training curves](training.png)", ""]
+        lines += ["![training curves](training.png)", ""]
 
     # ---- groups
     groups = [g for g in _list(report.get("groups")) if isinstance(g, Mapping)]
