@@ -270,13 +270,13 @@ def _epoch_phases(report: Mapping) -> list[tuple[str, list[dict]]]:
     return out
 
 
-def training_warnings(report: Mapping, *, rise: float = 0.05) -> list[str]:
+def training_warnings(report: Mapping, *, rise: float = 0.05, above: float = 0.1) -> list[str]:
     """Signs of an unstable training recipe in the report's per-epoch history, one sentence each.
 
-    A phase is flagged when an epoch's mean train loss (nats) is above chance level ``ln(num_classes)`` (the
-    loss of a uniform prediction, with or without label smoothing) after its first epoch's worth of steps, or rose
-    by more than ``rise`` (relative) over the previous epoch's -- under a decaying LR either means the optimiser
-    overshot. ``train_loss`` is the task loss alone (a method's extra term is logged apart). The run is not failed: the
+    A phase is flagged when an epoch's mean train loss (nats) is more than ``above`` (relative) over chance level
+    ``ln(num_classes)`` (the loss of a uniform prediction, with or without label smoothing; a fresh network starts
+    near it, so a short first epoch can average slightly above it without anything wrong), or rose by more than
+    ``rise`` (relative) over the previous epoch's -- under a decaying LR either means the optimiser overshot. ``train_loss`` is the task loss alone (a method's extra term is logged apart). The run is not failed: the
     numbers are what they are, the warning says why they may be low.
     """
     n_cls = _num(_get(report, "dataset", "num_classes"))
@@ -289,7 +289,7 @@ def training_warnings(report: Mapping, *, rise: float = 0.05) -> list[str]:
             loss, ep = _num(r.get("train_loss")), r.get("epoch")
             if loss is None or not math.isfinite(loss):
                 continue
-            if chance is not None and loss > chance:
+            if chance is not None and loss > chance * (1.0 + above):
                 notes.append(
                     f"epoch {ep} train loss {loss:.3f} above chance level ln({n_cls:.0f}) = {chance:.3f}"
                 )
