@@ -276,8 +276,12 @@ def training_warnings(report: Mapping, *, rise: float = 0.05, above: float = 0.1
     A phase is flagged when an epoch's mean train loss (nats) is more than ``above`` (relative) over chance level
     ``ln(num_classes)`` (the loss of a uniform prediction, with or without label smoothing; a fresh network starts
     near it, so a short first epoch can average slightly above it without anything wrong), or rose by more than
-    ``rise`` (relative) over the previous epoch's -- under a decaying LR either means the optimiser overshot. ``train_loss`` is the task loss alone (a method's extra term is logged apart). The run is not failed: the
-    numbers are what they are, the warning says why they may be low.
+    ``rise`` (relative) over the previous epoch's -- under a decaying LR either means the optimiser overshot.
+    ``train_loss`` is the task loss alone (a method's extra term is logged apart). The run is not failed: the numbers
+    are what they are; the warning says why they may be low.
+
+    Returns:
+        one markdown sentence per flagged phase (empty when nothing is flagged or there is no per-epoch history).
     """
     n_cls = _num(_get(report, "dataset", "num_classes"))
     chance = math.log(n_cls) if n_cls and n_cls > 1 else None
