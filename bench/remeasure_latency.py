@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from prunekit.cost.latency import measure_ort_latency
+from prunekit.cost.latency import interleaved_ort_latency
 from prunekit.cost.macs import measure_macs
 from prunekit.errors import PrunekitError
 from prunekit.io import write_json, write_text
@@ -72,21 +72,18 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     batches = (1, args.batch) if args.batch > 1 else (1,)
-    times: dict[int, list[list[float]]] = {i: [[] for _ in batches] for i in range(len(models))}
-    for _ in range(args.rounds):
-        for i, (_, _, m, shape) in enumerate(models):
-            stats = measure_ort_latency(m, shape, batch_sizes=batches, threads=1)
-            for j, b in enumerate(batches):
-                times[i][j].append(stats[b].median_ms)
+    times = interleaved_ort_latency(
+        [(m, shape) for _, _, m, shape in models], batch_sizes=batches, rounds=args.rounds, threads=1
+    )
     rows = []
-    for i, (run, label, m, shape) in enumerate(models):
+    for t, (run, label, m, shape) in zip(times, models, strict=True):
         rows.append(
             {
                 "run": run,
                 "model": label,
                 "macs": measure_macs(m, shape),
-                **{f"ms_b{b}": statistics.median(times[i][j]) for j, b in enumerate(batches)},
-                **{f"ms_b{b}_rounds": times[i][j] for j, b in enumerate(batches)},
+                **{f"ms_b{b}": statistics.median(t[b]) for b in batches},
+                **{f"ms_b{b}_rounds": t[b] for b in batches},
             }
         )
     cmd = "python bench/remeasure_latency.py " + " ".join(sys.argv[1:])

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from prunekit.cost import CostModel
-from prunekit.cost.latency import measure_ort_latency, resolve_round_to
+from prunekit.cost.latency import interleaved_ort_latency, resolve_round_to
 from prunekit.io import write_json, write_text
 from prunekit.methods.scratch import prune_to_macs
 from prunekit.models import create_model
@@ -69,12 +69,10 @@ def main() -> int:
             float(cost.cost(plan).macs),
             plan.meta.get("mode"),
         )
-    times = {k: ([], []) for k in nets}
-    for _ in range(args.rounds):
-        for k, (net, _, _) in nets.items():
-            st = measure_ort_latency(net, shape, batch_sizes=(1, 64), threads=1)
-            times[k][0].append(st[1].median_ms)
-            times[k][1].append(st[64].median_ms)
+    timed = interleaved_ort_latency(
+        [(net, shape) for net, _, _ in nets.values()], batch_sizes=(1, 64), rounds=args.rounds, threads=1
+    )
+    times = {k: (t[1], t[64]) for k, t in zip(nets, timed, strict=True)}
     cmd = "python bench/scratch_rounding.py " + " ".join(sys.argv[1:])
     rows = []
     lines = [f"`{cmd}`", "", "| widths | MACs | ORT ms b=1 | ORT ms b=64 | speedup b=1 | speedup b=64 |"]

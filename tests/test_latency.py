@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.cost.latency import LatencyStats, _time_session, measure_eager_latency, measure_ort_latency
+from prunekit.cost.latency import (
+    LatencyStats,
+    _time_session,
+    interleaved_ort_latency,
+    measure_eager_latency,
+    measure_ort_latency,
+)
 from prunekit.errors import PrunekitError
 from prunekit.export import export_onnx, ort_session
 
@@ -97,3 +103,16 @@ def test_eager_latency_positive_and_restores_threads() -> None:
     _check(stats, (1, 2), "torch-eager")
     assert torch.get_num_threads() == before
     assert model.training
+
+
+def test_interleaved_rounds_time_every_model_each_round():
+    models = [(cnn(8), (3, 32, 32)), (cnn(64), (3, 32, 32))]
+    times = interleaved_ort_latency(models, batch_sizes=(1, 4), rounds=2, **FAST)
+    assert len(times) == 2
+    for t in times:
+        assert list(t) == [1, 4]
+        assert all(len(v) == 2 and all(x > 0 for x in v) for v in t.values())
+    # per round, the 8x wider net is slower at batch 4
+    assert all(big > small for small, big in zip(times[0][4], times[1][4], strict=True))
+    with pytest.raises(PrunekitError, match="rounds must be >= 1"):
+        interleaved_ort_latency(models, rounds=0)

@@ -34,7 +34,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.export import eval_mode, export_onnx, ort_session
 
-__all__ = ["LatencyStats", "measure_eager_latency", "measure_ort_latency"]
+__all__ = ["LatencyStats", "interleaved_ort_latency", "measure_eager_latency", "measure_ort_latency"]
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -236,6 +236,42 @@ def measure_ort_latency(
             ) from None
         results[b] = _stats(times, b, threads, "onnxruntime")
     return results
+
+
+def interleaved_ort_latency(
+    models: Sequence[tuple[nn.Module | str | os.PathLike, Sequence[int]]],
+    *,
+    batch_sizes: Sequence[int] = (1, 64),
+    rounds: int = 3,
+    threads: int = 1,
+    **kwargs: Any,
+) -> list[dict[int, list[float]]]:
+    """Time several models with ONNX Runtime in ``rounds`` interleaved rounds (every model once per round).
+
+    Interleaving spreads a slow phase of a shared machine over all models instead of one; take the median over
+    rounds of the per-round medians (``statistics.median``) as each model's latency.
+
+    Args:
+        models: ``(model or .onnx path, input_shape)`` pairs, as :func:`measure_ort_latency` takes them.
+        batch_sizes, threads, kwargs: passed to :func:`measure_ort_latency`.
+        rounds: number of rounds (>= 1).
+
+    Returns:
+        per model, in order, ``{batch: [median ms per batch of round 1, round 2, ...]}``.
+
+    Raises:
+        PrunekitError: ``rounds < 1``, or any error of :func:`measure_ort_latency`.
+    """
+    if rounds < 1:
+        raise PrunekitError(f"rounds must be >= 1, got {rounds}")
+    batches = _check_batches(batch_sizes)
+    out: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in models]
+    for _ in range(rounds):
+        for times, (model, shape) in zip(out, models, strict=True):
+            stats = measure_ort_latency(model, shape, batch_sizes=batches, threads=threads, **kwargs)
+            for b in batches:
+                times[b].append(stats[b].median_ms)
+    return out
 
 
 def measure_eager_latency(
