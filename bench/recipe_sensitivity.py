@@ -17,6 +17,8 @@ Each ``--variant`` overrides recipe fields (``TrainConfig`` names: ``lr``, ``gra
 same order) and is scored on the test split with the best-on-val weights; per-epoch train loss / val top-1 are kept,
 and :func:`prunekit.report.training_warnings` flags unstable runs (loss above chance or rising). Finished pairs are
 skipped on a re-run (``<out>/<variant>-<net>/result.json``), so a killed sweep resumes.
+Bad input (no finished run, a malformed ``--variant``, an unknown or invalid recipe field) exits 2 with one line,
+before any training.
 
 Output: ``<out>/results.json`` and ``<out>/results.md`` (one row per variant: test top-1 of each net, unstable flag).
 """
@@ -31,29 +33,31 @@ from pathlib import Path
 
 import torch
 import yaml
+from pydantic import ValidationError
 
 from prunekit.config import parse_config
 from prunekit.cost import CostModel
 from prunekit.cost.latency import resolve_round_to
 from prunekit.data import build_data
+from prunekit.errors import PrunekitError
 from prunekit.io import write_json, write_text
 from prunekit.methods.uniform import fit_uniform
 from prunekit.models import create_model
 from prunekit.pipeline import resolved_spec, smoke_config
 from prunekit.report import training_warnings
 from prunekit.space import ChannelSpace, Plan, apply, plan_from_widths
-from prunekit.train import evaluate, fit
+from prunekit.train import TrainConfig, evaluate, fit
 
 
 def _variant(text: str) -> tuple[str, dict]:
     name, _, body = text.partition(":")
     if not name or not body:
-        sys.exit(f"error: --variant {text!r} is not NAME:KEY=VALUE[,KEY=VALUE]")
+        raise PrunekitError(f"--variant {text!r} is not NAME:KEY=VALUE[,KEY=VALUE]")
     over = {}
     for kv in body.split(","):
         k, sep, v = kv.partition("=")
         if not sep:
-            sys.exit(f"error: --variant {text!r}: {kv!r} is not KEY=VALUE")
+            raise PrunekitError(f"--variant {text!r}: {kv!r} is not KEY=VALUE")
         over[k.strip()] = yaml.safe_load(v)
     return name, over
 
@@ -66,16 +70,33 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results/recipe_sensitivity"))
     ap.add_argument("--smoke", action="store_true", help="small subsets, one epoch (a check of the script)")
     args = ap.parse_args()
+    try:
+        return _sweep(args)
+    except PrunekitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    for name in ("config.yaml", "plan.json"):
+        if not (args.run / name).is_file():
+            raise PrunekitError(f"{args.run / name} not found: give the directory of a finished run")
     cfg = parse_config(yaml.safe_load((args.run / "config.yaml").read_text()))
     if args.smoke:
         cfg = smoke_config(cfg)
     m = cfg.method
     recipe = getattr(m, "final_train", None) or getattr(m, "train", None) or cfg.finetune
     if recipe is None:
-        sys.exit(
-            "error: the run's config has no from-scratch recipe (method.final_train / method.train / finetune)"
+        raise PrunekitError(
+            "the run's config has no from-scratch recipe (method.final_train / method.train / finetune)"
         )
-    variants = [("base", {})] + [_variant(v) for v in args.variant]
+    recipes = []  # all overrides validated before any training: a misspelt key fails now, not hours in
+    for vname, over in [("base", {})] + [_variant(v) for v in args.variant]:
+        try:
+            recipes.append((vname, over, TrainConfig.model_validate({**recipe.model_dump(), **over})))
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise PrunekitError(f"--variant {vname}: {err['loc']}: {err['msg']}") from None
     data = build_data(cfg.data)
     spec = resolved_spec(cfg, data)
     shape = (1, data.in_chans, data.input_size, data.input_size)
@@ -86,7 +107,7 @@ def main() -> int:
     cm = CostModel(space)
     plans = {"plan": plan}
     if "uniform" in args.nets:
-        mult, widths = fit_uniform(
+        _, widths = fit_uniform(
             space,
             cm,
             float(cm.cost(plan).macs),
@@ -95,8 +116,7 @@ def main() -> int:
         )
         plans["uniform"] = plan_from_widths(space, widths, spec=spec)
     rows, cmd = [], " ".join(sys.argv)
-    for vname, over in variants:
-        tc = recipe.model_copy(update=over)
+    for vname, over, tc in recipes:
         row = {"variant": vname, "overrides": over}
         for net in args.nets:
             d = args.out / f"{vname}-{net}"
