@@ -26,9 +26,9 @@ from prunekit.config import load_config, parse_config
 from prunekit.cost.latency import measure_ort_latency
 from prunekit.cost.macs import count_params, measure_macs
 from prunekit.data import build_data
-from prunekit.io import write_json, write_text
+from prunekit.io import load_state, write_json, write_text
 from prunekit.models import create_model
-from prunekit.pipeline import load_state, resolved_spec, run, smoke_config, train_only
+from prunekit.pipeline import resolved_spec, run, smoke_config, train_only
 from prunekit.train import evaluate, fit
 
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from prunekit.config import load_config, parse_config
 from prunekit.io import write_json, write_text
-from prunekit.methods.schedules import stage_ratios
+from prunekit.methods.multistage.schedules import stage_ratios
 from prunekit.pipeline import run, smoke_config, train_only
 
 

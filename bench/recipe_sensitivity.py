@@ -39,12 +39,12 @@ from prunekit.config import parse_config
 from prunekit.cost import CostModel
 from prunekit.cost.latency import resolve_round_to
 from prunekit.data import build_data
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, validation_message
 from prunekit.io import write_json, write_text
-from prunekit.methods.uniform import fit_uniform
 from prunekit.models import create_model
 from prunekit.pipeline import resolved_spec, smoke_config
 from prunekit.report import training_warnings
+from prunekit.search.fit import fit_uniform
 from prunekit.space import ChannelSpace, Plan, apply, plan_from_widths
 from prunekit.train import TrainConfig, evaluate, fit
 
@@ -95,8 +95,7 @@ def _sweep(args: argparse.Namespace) -> int:
         try:
             recipes.append((vname, over, TrainConfig.model_validate({**recipe.model_dump(), **over})))
         except ValidationError as e:
-            err = e.errors()[0]
-            raise PrunekitError(f"--variant {vname}: {err['loc']}: {err['msg']}") from None
+            raise PrunekitError(validation_message(e, what=f"recipe (--variant {vname})")) from None
     data = build_data(cfg.data)
     spec = resolved_spec(cfg, data)
     shape = (1, data.in_chans, data.input_size, data.input_size)

@@ -28,8 +28,8 @@ import torch
 from prunekit.cost.latency import interleaved_ort_latency
 from prunekit.cost.macs import measure_macs
 from prunekit.errors import PrunekitError
-from prunekit.io import write_json, write_text
-from prunekit.pipeline import load_baseline, load_run, load_state
+from prunekit.io import load_state, write_json, write_text
+from prunekit.runs import load_baseline, load_run
 from prunekit.space import Plan, rebuild
 
 

@@ -30,7 +30,7 @@ from prunekit.cost.latency import interleaved_ort_latency, resolve_round_to
 from prunekit.io import write_json, write_text
 from prunekit.methods.scratch import prune_to_macs
 from prunekit.models import create_model
-from prunekit.pipeline import load_run
+from prunekit.runs import load_run
 from prunekit.space import ChannelSpace, apply
 
 

@@ -87,3 +87,61 @@ def test_console_script_runs():
         timeout=120,
     )
     assert proc.returncode == 0 and json.loads(proc.stdout)["macs"] > 0
+
+
+def cli_subprocess(args):
+    return subprocess.run(
+        [sys.executable, "-m", "prunekit.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["check", "resnet20", "--bogus"],
+            "unknown option --bogus for `prunekit check`; see `prunekit check --help`",
+        ),
+        (
+            ["check", "resnet20", "--rato", "0.3"],
+            "unknown option --rato for `prunekit check` (did you mean --ratio?)",
+        ),
+        (["--bogus"], "unknown option --bogus for `prunekit`; see `prunekit --help`"),
+        (["run"], "missing argument CONFIG for `prunekit run`; see `prunekit run --help`"),
+        (["export", "runs/x"], "missing option --onnx for `prunekit export`"),
+        (["frobnicate"], "unknown command 'frobnicate': choose one of inspect, check, run"),
+        (["chek"], "unknown command 'chek' (did you mean 'check'?)"),
+        (
+            ["check", "resnet20", "--ratio", "abc"],
+            "invalid value 'abc' for --ratio of `prunekit check`: input should",
+        ),
+        (
+            ["inspect", "resnet20", "--input-size", "3"],
+            "invalid value '3' for --input-size of `prunekit inspect`",
+        ),
+        ([], "missing command: choose one of inspect, check, run"),
+        (["check", "resnet20", "extra"], "unexpected extra argument(s) (extra); see `prunekit check --help`"),
+        (["check", "resnet20", "--ratio"], "`prunekit check`: option '--ratio' requires an argument"),
+        (["check", "resnet20", "--json=1"], "option '--json' does not take a value"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, message):
+    proc = cli_subprocess(args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert message in lines[0]
+
+
+def test_user_error_in_subprocess_is_one_line():
+    proc = cli_subprocess(["check", "resnet20", "--ratio", "1.5"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == ["error: --ratio must be in [0, 1), got 1.5"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["check", "--help"]])
+def test_help_exits_0(args):
+    proc = cli_subprocess(args)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "Usage" in proc.stdout and "--help" in proc.stdout

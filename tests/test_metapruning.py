@@ -30,9 +30,10 @@ from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
 from prunekit.methods import metapruning as mp
 from prunekit.models import create_model
-from prunekit.pruningnet import PruningNet, block_of
+from prunekit.search.base import run_search
 from prunekit.search.evolution import EvolutionConfig, GeneBounds, GeneticSearch
 from prunekit.space import ChannelSpace, Plan, plan_from_widths
+from prunekit.supernets.pruningnet import PruningNet, block_of
 from prunekit.train import TrainConfig
 from prunekit.train.bn import recalibrate_bn
 
@@ -251,19 +252,27 @@ def mbv1_space():
     return model, space, CostModel(space)
 
 
+def encoding(space, **cfg):
+    """The method's encoding of ``space`` for config options ``cfg`` (scales, bounds, round_to, min_channels)."""
+    return mp.search_encoding(space, mp.MetaPruningConfig(**cfg))
+
+
 def test_encoding_table_bounds_and_errors():
     _, space, _ = mbv1_space()
-    enc = mp.build_encoding(space, mp.default_scales(), bounds={"first": (0.5, 1.0), "last": (1.0, 1.0)})
-    assert len(enc.scales) == 31 and enc.scales[0] == pytest.approx(0.1) and enc.scales[-1] == 1.0
+    enc = encoding(space, bounds={"first": (0.5, 1.0), "last": (1.0, 1.0)})
+    assert enc.n_genes == len(space) and enc.width_members == [[i] for i in range(len(space))]
+    assert len(enc.choices) == 31 and enc.choices[0] == pytest.approx(0.1) and enc.choices[-1] == 1.0
     first, last = space.tagged("first")[0].index, space.tagged("last")[0].index
-    assert enc.scales[enc.bounds.low[first]] >= 0.5 and enc.bounds.low[last] == enc.bounds.high[last] == 30
+    assert enc.choices[enc.low[first]] >= 0.5 and enc.low[last] == enc.high[last] == 30
     g = space.groups[6]  # 128 channels: floor(128 * 0.55) = 70
     assert enc.table[6, 15] == int(g.channels * 0.55)
     assert (enc.table >= 1).all() and (np.diff(enc.table, axis=1) >= 0).all()
-    allb = mp.build_encoding(space, mp.default_scales(), bounds={"all": (0.4, 1.0)})
-    assert (enc.scales[allb.bounds.low] >= 0.4).all()
-    with pytest.raises(PrunekitError, match="no value of the scale table"):
-        mp.build_encoding(space, mp.default_scales(), bounds={"last": (0.95, 0.96)})
+    allb = encoding(space, bounds={"all": (0.4, 1.0)})
+    assert (enc.choices[allb.low] >= 0.4).all()
+    with pytest.raises(PrunekitError, match="no value of the width choices"):
+        encoding(space, bounds={"last": (0.95, 0.96)})
+    r8 = encoding(space, round_to=8, min_channels=16)  # the config's rounding reaches the width rule
+    assert (r8.table % 8 == 0).all() and (r8.table >= np.minimum(16, space.channels[:, None])).all()
     with pytest.raises(ValueError):
         mp.MetaPruningConfig(bounds={"stem": (0.5, 1.0)})
     with pytest.raises(ValueError):
@@ -283,12 +292,12 @@ def test_mutation_always_moves_and_stays_in_bounds():
 
 def toy_search(seed=0, **cfg):
     _, space, cm = mbv1_space()
-    enc = mp.build_encoding(space, mp.default_scales())
+    enc = encoding(space)
     base = float(cm.macs(space.channels))
     lo, hi = 0.45 * base, 0.5 * base
 
     def feasible(genes):
-        m = np.rint(cm.macs(enc.widths(genes)))
+        m = np.rint(cm.macs(enc.decode_widths(genes)))
         return (m >= lo) & (m <= hi)
 
     target = np.linspace(0, 30, len(space)).astype(int)
@@ -299,7 +308,7 @@ def toy_search(seed=0, **cfg):
     conf = EvolutionConfig(
         population=10, parents=4, mutations=4, crossovers=3, iterations=4, checkpoint_every=3, **cfg
     )
-    return GeneticSearch(enc.bounds, conf, feasible=feasible, seed=seed), fitness, feasible, (enc, cm, lo, hi)
+    return GeneticSearch(enc.bounds, conf, seed=seed), fitness, feasible, (enc, cm, lo, hi)
 
 
 def test_ga_never_evaluates_outside_the_window():
@@ -307,17 +316,20 @@ def test_ga_never_evaluates_outside_the_window():
     seen = []
 
     def evaluate(genes):
-        m = float(np.rint(cm.macs(enc.widths(genes))))
+        m = float(np.rint(cm.macs(enc.decode_widths(genes))))
         assert lo <= m <= hi, "evaluated a candidate outside the MACs window"
         assert tuple(genes) not in seen, "evaluated a candidate twice"
         seen.append(tuple(genes))
         return fitness(genes)
 
-    top = ga.run(evaluate)
-    assert len(seen) == ga.evaluated == 40 and ga.rejected > 0
+    res = run_search(ga, lambda g: -evaluate(g), feasible=feasible, progress=False)
+    top = ga.top(4)
+    assert len(seen) == ga.evaluated == res.evaluations == 40 and ga.rejected > 0
+    assert res.rejected == 0  # the GA screens its proposals: the loop never has to reject one
     assert [r["iteration"] for r in ga.history] == [1, 2, 3, 4]
     assert all(b["best"] >= a["best"] for a, b in zip(ga.history, ga.history[1:], strict=False))
-    assert top[0][1] == max(ga.cache.values())
+    assert top[0][1] == max(ga.cache.values()) == -res.best[1][0]
+    assert [g for g, _ in res.evaluated] == list(ga.cache) == seen  # evaluation order
     assert ga.history[-1]["best"] > ga.history[0]["best"]  # the GA improves on random search here
 
 
@@ -326,28 +338,29 @@ class Killed(Exception):
 
 
 @pytest.mark.parametrize("kill_after", [1, 9, 10, 17, 33])
-def test_ga_resume_equals_uninterrupted(kill_after):
-    ref, fitness, _, _ = toy_search()
-    ref.run(fitness)
+def test_ga_resume_equals_uninterrupted(tmp_path, kill_after):
+    ref, fitness, feasible, _ = toy_search()
+    ref_res = run_search(ref, lambda g: -fitness(g), feasible=feasible, progress=False)
 
     ga, _, _, _ = toy_search()
-    saved: list[str] = []
+    path = tmp_path / "ga.json"
     calls = [0]
 
     def dying(genes):
         calls[0] += 1
         if calls[0] > kill_after:
             raise Killed
-        return fitness(genes)
+        return -fitness(genes)
 
     with pytest.raises(Killed):
-        ga.run(dying, checkpoint=lambda g: saved.append(json.dumps(g.state_dict())))
+        run_search(ga, dying, feasible=feasible, checkpoint=path, checkpoint_every=3, progress=False)
     again, _, _, _ = toy_search(seed=123)  # the seed comes back with the state
-    again.load_state_dict(json.loads(saved[-1]))
-    again.run(fitness)
+    res = run_search(again, lambda g: -fitness(g), feasible=feasible, checkpoint=path, checkpoint_every=3)
+    assert res.resumed and res.evaluated == ref_res.evaluated and res.history == ref_res.history
     assert again.history == ref.history
     assert list(again.cache.items()) == list(ref.cache.items())
     assert [(g.tolist(), f) for g, f in again.top(5)] == [(g.tolist(), f) for g, f in ref.top(5)]
+    assert again.state_dict() == ref.state_dict()
 
 
 def test_ga_state_errors():
@@ -364,7 +377,7 @@ def test_ga_state_errors():
 
 def test_sampler_is_deterministic_per_step():
     model, space, cm = mbv1_space()
-    enc = mp.build_encoding(space, mp.default_scales())
+    enc = encoding(space)
     pn = PruningNet(model, space)
     s1, s2 = mp.SampleSubnets(pn, enc, cm, seed=4), mp.SampleSubnets(pn, enc, cm, seed=4)
     state = SimpleNamespace(step=17)
@@ -383,13 +396,18 @@ def test_unreachable_window_and_missing_val_are_user_errors(tmp_path):
         space=space,
         cost=cm,
         target_macs=1000.0,
+        budget=None,
         data=SimpleNamespace(val=object()),
         train=lambda *a, **k: None,
         smoke=False,
         out_dir=tmp_path,
     )
+    with pytest.raises(PrunekitError, match="below the smallest model metapruning can reach"):
+        mp.run(ctx, mp.MetaPruningConfig())
+    ctx.target_macs = 10.0 * cm.cost().macs  # a window above the whole model
     with pytest.raises(PrunekitError, match="outside what the search space reaches"):
         mp.run(ctx, mp.MetaPruningConfig())
+    ctx.target_macs = 1000.0
     ctx.data = SimpleNamespace(val=None)
     with pytest.raises(PrunekitError, match="val_fraction"):
         mp.run(ctx, mp.MetaPruningConfig())
@@ -470,8 +488,9 @@ def test_cli_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(mp.PruningNetFitness, "__call__", dying)
     assert main(["run", str(cfg), "--out", str(killed)]) != 0
-    saved = json.loads((killed / "metapruning" / "search_state.json").read_text())["ga"]
-    assert saved["iteration"] == 1 and saved["pending"] is not None and len(saved["cache"]) == 6
+    saved = json.loads((killed / "metapruning" / "search_state.json").read_text())
+    ga_state = saved["searcher"]
+    assert ga_state["iteration"] == 1 and ga_state["pending"] is not None and len(saved["cache"]) == 6
     monkeypatch.setattr(mp.PruningNetFitness, "__call__", original)
     code = main(["run", str(cfg), "--out", str(killed)])
     assert code == 0, capsys.readouterr().err
@@ -534,13 +553,11 @@ def test_recalibration_in_the_pruningnet_matches_recalibrating_the_subnet(net):
 
 def test_canonical_genes_merge_scales_of_equal_width():
     _, space, _ = mbv1_space()
-    enc = mp.build_encoding(
-        space, mp.default_scales(), round_to=8, min_channels=8, bounds={"all": (0.3, 1.0)}
-    )
+    enc = encoding(space, round_to=8, min_channels=8, bounds={"all": (0.3, 1.0)})
     rng = np.random.default_rng(0)
     genes = enc.bounds.random(rng, 200)
     canon = enc.canonical(genes)
-    assert np.array_equal(enc.widths(canon), enc.widths(genes))
+    assert np.array_equal(enc.decode_widths(canon), enc.decode_widths(genes))
     assert (canon >= enc.bounds.low).all() and (canon <= genes).all()
     assert np.array_equal(enc.canonical(canon), canon)
     # every width has exactly one canonical gene
@@ -558,7 +575,7 @@ def test_ga_survives_an_exhausted_space(tmp_path):
         EvolutionConfig(population=3, parents=2, mutations=1, crossovers=1, iterations=4, random_tries=5),
         feasible=lambda g: np.ones(len(g), dtype=bool),
     )
-    ga.run(lambda g: float(g.sum()))
+    run_search(ga, lambda g: -float(g.sum()), progress=False)
     assert ga.evaluated == 4 and ga.top(1)[0][1] == 2.0
     assert ga.history[-1]["population"] == 0 and ga.history[-1]["mean"] is None
     mp.plot_search_curve(

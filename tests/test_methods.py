@@ -27,7 +27,9 @@ from prunekit.methods import (
 )
 from prunekit.methods.base import MethodContext
 from prunekit.models import create_model
+from prunekit.search.fit import min_widths
 from prunekit.space import ChannelGroup, ChannelSpace, build_masks, mask, plan_from_ratio
+from prunekit.space.widths import legal_width, uniform_widths
 from prunekit.train import Callback, fit
 from prunekit.train.masking import MaskCallback
 
@@ -197,7 +199,7 @@ def test_uniform_rounding_importance_and_limits():
     assert uniform.run(ctx, uniform.Config()).plan.groups == {}
     # impossible target: the message names the smallest reachable MACs
     ctx.target_macs = 1000
-    smallest = int(np.rint(ctx.cost.macs(uniform.uniform_widths(ctx.space, 0.0, min_channels=4))))
+    smallest = int(np.rint(ctx.cost.macs(uniform_widths(ctx.space, 0.0, min_channels=4))))
     with pytest.raises(PrunekitError, match=f"smallest model uniform can reach \\({smallest:,} MACs"):
         uniform.run(ctx, uniform.Config(min_channels=4))
 
@@ -207,14 +209,14 @@ def test_legal_width_rounding_and_blocks():
     g = next(g for g in space.groups if g.blocks > 1)
     assert g.blocks == 4
     for w in np.linspace(0, g.channels, 41):
-        lw = uniform.legal_width(g, w, round_to=3)
+        lw = legal_width(g, w, round_to=3)
         assert lw % 4 == 0 and 4 <= lw <= g.channels
     plain = ChannelGroup(index=0, name="plain", channels=9, members=[], tags=frozenset())
-    assert uniform.legal_width(plain, 5.5, round_to=2) == 6
-    assert uniform.legal_width(plain, 5.5, round_to=2, mode="floor") == 4
-    assert uniform.legal_width(plain, 4.2, round_to=2, mode="ceil") == 6
-    assert uniform.legal_width(plain, 0.0, min_channels=3) == 3
-    ws = [uniform.legal_width(plain, w, round_to=3, min_channels=2) for w in np.linspace(0, 9, 50)]
+    assert legal_width(plain, 5.5, round_to=2) == 6
+    assert legal_width(plain, 5.5, round_to=2, mode="floor") == 4
+    assert legal_width(plain, 4.2, round_to=2, mode="ceil") == 6
+    assert legal_width(plain, 0.0, min_channels=3) == 3
+    ws = [legal_width(plain, w, round_to=3, min_channels=2) for w in np.linspace(0, 9, 50)]
     assert ws == sorted(ws)  # monotone
 
 
@@ -315,7 +317,7 @@ def test_global_budget_is_used_up(spec):
         for g in ctx.space.groups:
             if widths[g.index] < g.channels:
                 up = widths.copy()
-                up[g.index] = uniform.legal_width(g, widths[g.index] + 1, round_to=round_to, mode="ceil")
+                up[g.index] = legal_width(g, widths[g.index] + 1, round_to=round_to, mode="ceil")
                 assert np.rint(ctx.cost.macs(up)) > ctx.target_macs, g.name
 
 
@@ -335,10 +337,10 @@ def test_protect_keeps_tagged_groups_whole(ranking):
 @pytest.mark.parametrize("ranking", ["global", "per_layer"])
 def test_impossible_target_names_smallest_macs(ranking):
     ctx = make_ctx(RESNET, 0.5)
-    widths = magnitude.min_widths(ctx.space, min_channels=2)
+    widths = min_widths(ctx.space, min_channels=2)
     smallest = int(np.rint(ctx.cost.macs(widths)))
     ctx.target_macs = smallest - 1
-    with pytest.raises(PrunekitError, match=f"smallest reachable model \\({smallest:,} MACs"):
+    with pytest.raises(PrunekitError, match=f"smallest model magnitude can reach \\({smallest:,} MACs"):
         magnitude.run(ctx, magnitude.Config(ranking=ranking, min_channels=2))
     ctx.target_macs = smallest  # exactly reachable
     res = magnitude.run(ctx, magnitude.Config(ranking=ranking, min_channels=2))
@@ -548,7 +550,9 @@ def test_registry_and_configs():
         adapter.validate_python({"name": "uniform", "ranking": "global"})  # extra="forbid"
     with pytest.raises(PrunekitError, match="unknown method 'slim'"):
         get_method("slim")
-    with pytest.raises(PrunekitError, match="magnitude.importance: unknown importance 'l3'"):
+    with pytest.raises(
+        PrunekitError, match="invalid value for 'magnitude.importance': unknown importance 'l3'"
+    ):
         parse_method_config({"name": "magnitude", "importance": "l3"})
     with pytest.raises(PrunekitError, match="unknown group tag"):
         parse_method_config({"name": "magnitude", "protect": ["stem"]})

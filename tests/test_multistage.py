@@ -16,12 +16,18 @@ from prunekit.cost.macs import CostModel, measure_macs
 from prunekit.errors import PrunekitError
 from prunekit.methods import METHODS, multistage, parse_method_config
 from prunekit.methods.base import MethodContext
-from prunekit.methods.schedules import agp_ratio, parse_schedule, prune_steps, stage_pairs, stage_ratios
-from prunekit.methods.uniform import legal_width
+from prunekit.methods.multistage.agp import AGPCallback, alive_channels
+from prunekit.methods.multistage.schedules import (
+    agp_ratio,
+    parse_schedule,
+    prune_steps,
+    stage_pairs,
+    stage_ratios,
+)
 from prunekit.models import create_model
 from prunekit.space import ChannelSpace, Plan, apply, rebuild
+from prunekit.space.widths import legal_width
 from prunekit.train import Callback, evaluate, fit
-from prunekit.train.agp import AGPCallback, alive_channels
 
 SHAPE = (1, 3, 32, 32)
 MBV1 = "mobilenet_v1:width_mult=0.25,num_classes=10"
@@ -426,6 +432,30 @@ def test_method_errors_and_global_ranking(tmp_path):
     per_layer = ctx.cost.macs(multistage.uniform_ratio_widths(ctx.space, 0.5))
     assert res.history[-1]["macs"] <= per_layer
     assert res.plan.widths(ctx.space).tolist() != multistage.uniform_ratio_widths(ctx.space, 0.5).tolist()
+
+
+def test_round_to_auto_is_resolved_once_at_the_start_of_run(tmp_path, monkeypatch):
+    # the config may keep round_to: "auto"; run resolves it (resolve_round_to) before any stage and prunes with the int
+    from prunekit.cost import latency
+
+    calls = []
+
+    def fake_resolve(v):
+        calls.append(v)
+        return 16 if v == "auto" else int(v)
+
+    monkeypatch.setattr(multistage, "resolve_round_to", fake_resolve)
+    cfg = _cfg(schedule=[0.5], ramp_epochs=0, stage={**STAGE, "epochs": 1})
+    cfg.round_to = "auto"  # as the config will hold it once validation stops resolving it
+    run = FakeRun(tmp_path)
+    ctx = run.ctx()
+    res = multistage.run(ctx, cfg)
+    assert calls == ["auto"]
+    assert (
+        res.plan.widths(ctx.space).tolist()
+        == multistage.uniform_ratio_widths(ctx.space, 0.5, round_to=16).tolist()
+    )
+    assert latency.resolve_round_to(8) == 8 and latency.resolve_round_to("auto") in (8, 16)
 
 
 # ============================================================================== end to end through the CLI

@@ -107,9 +107,12 @@ def test_run_end_to_end_writes_every_output(tmp_path, capsys, monkeypatch):
         ({"data": {"name": "fashion_mnist", "batchsize": 3}}, "unknown key 'data.batchsize'"),
         ({"method": {"name": "magnitude", "ranking": "sideways"}}, "method.ranking"),
         ({"method": {"name": "nope"}}, "method"),
-        ({"target": {"macs_ratio": 0.5, "macs": 10}}, "exactly one"),
+        ({"target": {"macs_ratio": 0.5, "macs": 10}}, "target.macs or target.macs_ratio, not both"),
+        ({"target": {}}, "give at least one of target.macs_ratio"),
+        ({"target": {"params_ratio": 0.3}, "method": {"name": "scratch"}}, "cannot prune to a params target"),
         ({"target": {"macs_ratio": 1.5}}, "target.macs_ratio"),
-        ({"target": {"macs": 10}}, "smallest reachable plan"),
+        ({"target": {"macs": 10}}, "below the smallest model prunekit can reach"),
+        ({"target": {"params": 10}}, "params <= 10 params is below the smallest model"),
         ({"model": "resnet21"}, "unknown model"),
         ({"baseline": {"train": {"epochs": 1, "lr": -1}}}, "lr"),
     ],
@@ -205,3 +208,19 @@ def test_train_under_torchrun_two_ranks(tmp_path):
     assert ck["top1"] > 0.3  # 4 epochs of digits through DDP learn (chance is 0.1)
     log = (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()
     assert log  # written once, by rank 0
+
+
+def test_config_hash_does_not_depend_on_the_machine(monkeypatch):
+    """`round_to: auto` stays "auto" in the config: the same YAML hashes the same on an AVX2 and an AVX-512 machine,
+    so a run directory copied between them resumes."""
+    from prunekit.config import parse_config
+    from prunekit.cost import latency
+    from prunekit.pipeline import config_hash
+
+    tree = {**TINY, "method": {"name": "magnitude", "round_to": "auto"}}
+    monkeypatch.setattr(latency, "channel_multiple", lambda: 16)
+    a = parse_config(tree)
+    monkeypatch.setattr(latency, "channel_multiple", lambda: 8)
+    b = parse_config(tree)
+    assert a.method.round_to == "auto" and config_hash(a) == config_hash(b)
+    assert latency.resolve_round_to(b.method.round_to) == 8

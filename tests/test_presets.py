@@ -11,6 +11,8 @@ import pytest
 
 from prunekit.config import load_config
 from prunekit.cost import CostModel
+from prunekit.cost.budget import Budget
+from prunekit.cost.latency import resolve_round_to
 from prunekit.models import create_model, parse_spec
 from prunekit.space import ChannelSpace
 
@@ -40,20 +42,18 @@ def test_large_dataset_preset_budget_is_reachable(name):
     spec, space, cm = _build(name, cfg)
     base = float(cm.cost().macs)
     assert base == pytest.approx(REFERENCE_MACS[name], rel=0.02)
-    target = cfg.target.resolve(base) if cfg.target is not None else None
+    target = Budget.from_target(cfg.target, cm).limit("macs") if cfg.target is not None else None
     m = cfg.method
     if m.name == "metapruning":
-        from prunekit.methods.metapruning import _random_bounds, build_encoding, macs_window
+        from prunekit.methods.metapruning import macs_window, search_encoding
 
         lo, hi = macs_window(m, target)
-        enc = build_encoding(
-            space, m.scales, bounds=m.bounds, round_to=m.round_to, min_channels=m.min_channels
-        )
-        smallest, largest = (float(cm.macs(enc.widths(b))) for b in (enc.bounds.low, enc.bounds.high))
+        enc = search_encoding(space, m)
+        smallest, largest = (float(cm.macs(enc.decode_widths(b))) for b in (enc.low, enc.high))
         assert smallest <= hi and largest >= lo, (smallest, largest, lo, hi)
-        rb = _random_bounds(enc, m.random_scales) or enc.bounds
+        rb = enc.restrict_widths(*m.random_scales) if m.random_scales is not None else enc.bounds
         genes = rb.random(np.random.default_rng(0), 2000)
-        macs = cm.macs(enc.widths(genes))
+        macs = cm.macs(enc.decode_widths(genes))
         hit = float(np.mean((macs >= lo) & (macs <= hi)))
         # the random fill tries `random_tries` proposals per missing candidate: expect 10x more hits than it needs
         assert hit * m.search.random_tries >= 10, (
@@ -64,11 +64,16 @@ def test_large_dataset_preset_budget_is_reachable(name):
 
         wide = ChannelSpace.build(create_model(expand_spec(spec, m.expansion)), space.input_shape)
         check_reachable(
-            wide, CostModel(wide), target, tol=m.tol, min_channels=m.min_channels, round_to=m.round_to
+            wide,
+            CostModel(wide),
+            target,
+            tol=m.tol,
+            min_channels=m.min_channels,
+            round_to=resolve_round_to(m.round_to),
         )
     else:
         assert m.name == "multistage"
-        from prunekit.methods.schedules import stage_ratios
+        from prunekit.methods.multistage.schedules import stage_ratios
 
         ratios = stage_ratios(m.schedule, m.final_ratio)
         assert ratios == sorted(ratios) and ratios[0] > 0 and ratios[-1] < 1

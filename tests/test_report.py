@@ -10,9 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from prunekit.report import (
     DASH,
+    Constraint,
+    LayerRow,
+    Report,
+    Side,
     fmt_macs,
     fmt_ms,
     fmt_params,
@@ -216,13 +221,23 @@ def test_minimal_report_renders_with_dashes(tmp_path: Path):
     assert (tmp_path / "tradeoff.png").read_bytes().startswith(PNG_MAGIC)
 
 
-@pytest.mark.parametrize("report", [{}, {"baseline": None, "pruned": "oops", "history": {"method": None}}])
+@pytest.mark.parametrize("report", [{}, {"baseline": None, "pruned": None, "history": {"method": None}}])
 def test_empty_or_malformed_report_still_renders(report: dict, tmp_path: Path):
     md = render_markdown(report)
     assert _row(md, "baseline")[1:] == [DASH] * 6
     assert "asked –; achieved –" in md
     write_report(report, tmp_path)
     assert json.loads((tmp_path / "report.json").read_text()) == report
+
+
+def test_wrongly_typed_section_renders_but_is_not_written(tmp_path: Path):
+    """render_markdown reads a dict leniently; write_report validates it first and writes nothing when invalid."""
+    report = {"baseline": None, "pruned": "oops", "history": {"method": None}}
+    md = render_markdown(report)
+    assert _row(md, "pruned")[1:] == [DASH] * 6
+    with pytest.raises(ValidationError, match=r"pruned\n"):
+        write_report(report, tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- files and plots
@@ -415,3 +430,142 @@ def test_warning_without_class_count_uses_the_rise_rule_only():
     assert training_warnings(rep) == []
     rep["history"]["final"].append({"epoch": 3, "train_loss": 8.9})
     assert "epoch 3 train loss rose" in training_warnings(rep)[0]
+
+
+# ---------------------------------------------------------------------------------------------- typed report
+
+
+def _constraints() -> list[dict]:
+    return [
+        {
+            "metric": "macs",
+            "asked": 20511232,
+            "achieved": 20511232,
+            "ratio_of_baseline": 0.5,
+            "source": "analytic",
+        },
+        {"metric": "latency_ms", "asked": 0.45, "achieved": 0.5, "source": "measured"},
+        {"metric": "params", "asked": 150_000, "source": "analytic"},
+    ]
+
+
+def test_old_style_dict_validates_and_renders_the_same():
+    d = full_report()
+    rep = Report.model_validate(d)
+    assert rep.pruned.top1 == 0.905 and rep.groups[0].tags == ["first", "residual"]
+    assert rep.method.config == {"criterion": "l1"}
+    assert rep.constraints == [] and rep.layers == []
+    assert rep.to_dict() == d  # same keys back: nothing unset is added, nothing given is dropped
+    assert list(rep.to_dict()) == list(d)
+    assert render_markdown(rep) == render_markdown(d)
+    # the extra keys the pipeline writes, and explicit None values, are kept
+    d.update(smoke=True, warnings=[])
+    d["pruned"].update(val_top1=None, flops=2 * PRUNED["macs"], latency_threads=1)
+    d["target"]["achieved_macs_ratio"] = 0.5
+    assert Report.model_validate(d).to_dict() == d
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"pruned": {"top1": "abc"}}, "pruned.top1"),
+        ({"pruned": {"top1": 91.2}}, "pruned.top1"),  # a percentage where a fraction is expected
+        ({"groups": [{"name": "conv1", "channels": "many"}]}, "groups.0.channels"),
+        ({"constraints": [{"metric": "flops", "asked": 1.0, "source": "analytic"}]}, "constraints.0.metric"),
+        ({"layers": [{"density": 0.5}]}, "layers.0.name"),
+        ({"prunde": {}}, "prunde"),  # unknown top-level key (a typo)
+    ],
+)
+def test_invalid_report_raises_a_clear_error(change: dict, where: str, tmp_path: Path):
+    d = {**full_report(), **change}
+    with pytest.raises(ValidationError) as exc:
+        Report.model_validate(d)
+    locs = {".".join(map(str, e["loc"])) for e in exc.value.errors()}
+    assert where in locs and where in str(exc.value)
+    with pytest.raises(ValidationError):
+        write_report(d, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_invalid_assignment_raises():
+    rep = Report.model_validate(full_report())
+    with pytest.raises(ValidationError, match="top1"):
+        rep.pruned.top1 = "abc"
+    rep.pruned.top1 = np.float32(0.5)  # numpy values are accepted
+    assert rep.pruned.top1 == 0.5
+
+
+def test_constraint_met_is_derived():
+    rows = [Constraint.model_validate(c) for c in _constraints()]
+    assert [c.met for c in rows] == [True, False, None]
+    assert (
+        Constraint(metric="macs", asked=10, achieved=20, met=True, source="analytic").met is True
+    )  # given wins
+
+
+def test_constraints_table_rendered():
+    d = {**full_report(), "constraints": _constraints()}
+    for md in (render_markdown(d), render_markdown(Report.model_validate(d))):
+        lines = md.splitlines()
+        head = lines.index("## Constraints")
+        target = next(i for i, ln in enumerate(lines) if ln.startswith("**Target:**"))
+        assert head == target + 2 and lines.index("## Wall-clock time") > head  # right after the target line
+        assert lines[head + 2 : head + 7] == [
+            "| metric | asked | achieved | met | source |",
+            "|---|---:|---:|:---:|---|",
+            "| MACs | ≤ 20.51M (50.0% of baseline) | 20.51M | ✓ | analytic |",
+            "| latency b1 | ≤ 0.450 ms | 0.500 ms | ✗ | measured |",
+            "| params | ≤ 150.00K | – | – | analytic |",
+        ]
+    assert "## Constraints" not in render_markdown(full_report())
+
+
+def test_layers_table_rendered():
+    layers = [
+        {
+            "name": "conv1",
+            "density": 0.5,
+            "block": [4, 1],
+            "conv_groups": 1,
+            "macs": 1_000_000,
+            "effective_macs": 500_000,
+        },
+        {"name": "layer1.0.dw", "conv_groups": 16},
+    ]
+    md = render_markdown(Report.model_validate({**full_report(), "layers": layers}))
+    lines = md.splitlines()
+    head = lines.index("## Layers")
+    assert lines.index("## Channel groups") < head < lines.index("## Method history")
+    assert lines[head + 2] == "| # | layer | block | density | conv groups | MACs | effective MACs |"
+    assert "| 0 | `conv1` | 4×1 | 50.0% | 1 | 1.00M | 0.50M |" in lines
+    assert "| 1 | `layer1.0.dw` | – | – | 16 | – | – |" in lines
+    assert "## Layers" not in render_markdown(full_report())
+
+    many = [{"name": f"conv{i}", "density": 1.0} for i in range(45)]
+    md = render_markdown({"layers": many})
+    assert "first 40 of 45 layers" in md and "`conv39`" in md and "`conv40`" not in md
+
+
+def test_report_round_trips_through_json(tmp_path: Path):
+    rep = Report.model_validate(full_report())
+    rep.constraints.append(Constraint(metric="macs", asked=20511232, achieved=20511232, source="analytic"))
+    rep.layers = [LayerRow(name="conv1", density=0.75, block=(4, 1), conv_groups=1)]
+    rep.pruned = Side(**{**PRUNED, "effective_macs": 18_000_000, "predicted_latency_ms": 0.48})
+    again = Report.model_validate_json(rep.model_dump_json())
+    assert again == rep
+    assert Report.model_validate(json.loads(json.dumps(rep.to_dict()))) == rep
+
+    paths = write_report(rep, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data == rep.to_dict()
+    assert data["constraints"][0]["met"] is True  # appended in place, still written
+    assert data["layers"] == [{"name": "conv1", "density": 0.75, "block": [4, 1], "conv_groups": 1}]
+    assert data["pruned"]["effective_macs"] == 18_000_000
+    assert Report.model_validate(data) == rep
+    assert paths["markdown"].read_text(encoding="utf-8") == render_markdown(rep)
+
+
+def test_deprecated_private_figure_helpers_still_importable():
+    from prunekit.report import _new_figure, _png_bytes, _write_bytes, new_figure, png_bytes, write_bytes
+
+    assert (_new_figure, _png_bytes, _write_bytes) == (new_figure, png_bytes, write_bytes)

@@ -16,24 +16,30 @@ from prunekit.cli import main
 from prunekit.cost.macs import CostModel, measure_macs
 from prunekit.errors import PrunekitError
 from prunekit.methods import get_method, parse_method_config
+from prunekit.methods.base import MethodContext
 from prunekit.methods.scratch import (
     budget_recipe,
     channel_order,
     check_reachable,
     expand_spec,
+    gate_recipe,
     prune_to_macs,
+    pruned_recipe,
+    run,
+    scratch_budget,
 )
 from prunekit.models import create_model, parse_spec
 from prunekit.space import ChannelSpace, Plan, apply, rebuild
-from prunekit.train import TrainConfig, fit
-from prunekit.train.gates import (
+from prunekit.supernets.gates import (
     GateRegularizer,
     GateSelector,
     attach_gates,
     gate_sites,
+    learn_gates,
     nonzero_fraction,
     sparsity_penalty,
 )
+from prunekit.train import TrainConfig, fit, smoke_recipe
 
 SHAPE = (1, 1, 28, 28)
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -192,6 +198,28 @@ def test_gate_selector_keeps_best_sparse_epoch_and_resumes():
     assert none.choose(gm)["rule"] == "last"
 
 
+def test_learn_gates_runs_the_whole_procedure_and_returns_a_bare_model():
+    model, space, _ = _space(MODELS[0])
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    calls = []
+
+    def train(m, tc, *, callbacks, tag):
+        calls.append(tag)
+        return fit(m, _batches(), tc, val_loader=_batches(2, seed=1), callbacks=callbacks)
+
+    tc = TrainConfig(epochs=2, optimizer="adam", lr=0.05, weight_decay=0.0, schedule="constant")
+    learned = learn_gates(model, space, train, tc, lam=0.5, r=0.9, tag="g")
+    assert calls == ["g"] and [row["epoch"] for row in learned.history] == [1, 2]
+    assert set(learned.history[0]) == {"epoch", "val_top1", "gate_mean", "gate_nonzero"}
+    assert learned.choice["rule"] in {"best-val-sparse", "last-sparse", "last"}
+    assert set(learned.values) == set(space.names())
+    assert all(v.shape == (g.channels,) for g, v in zip(space.groups, learned.values.values(), strict=True))
+    assert all(float(v.min()) >= 0 and float(v.max()) <= 1 for v in learned.values.values())
+    for k, v in model.named_parameters():  # bare again: unfrozen, weights untouched, no gate hooks
+        assert v.requires_grad and torch.equal(v, before[k]), k
+    assert not any(m._forward_hooks for m in model.modules())
+
+
 def _save(obj):
     import io
 
@@ -299,6 +327,87 @@ def test_budget_recipe_scratch_b():
     with pytest.raises(PrunekitError, match="scratch.expansion"):
         parse_method_config({"name": "scratch", "expansion": 0.5})
     assert get_method("scratch").Config is type(cfg)
+
+
+def test_recipes_follow_the_shared_smoke_rule_and_scratch_b_budget():
+    cfg = parse_method_config({"name": "scratch", "gate_epochs": 3, "gate_lr": 0.02})
+    full = gate_recipe(cfg, seed=5)
+    assert (full.epochs, full.optimizer, full.lr, full.weight_decay, full.schedule, full.seed) == (
+        3,
+        "adam",
+        0.02,
+        0.0,
+        "constant",
+        5,
+    )
+    assert gate_recipe(cfg, seed=5, smoke=True) == smoke_recipe(full) and smoke_recipe(full).epochs == 1
+    base = TrainConfig(epochs=8, lr=0.1, warmup_epochs=0.2)
+
+    class Ctx:
+        baseline_train, smoke = base, False
+
+    assert pruned_recipe(Ctx, cfg) is base
+    Ctx.smoke = True
+    assert pruned_recipe(Ctx, cfg) == smoke_recipe(base) and pruned_recipe(Ctx, cfg).epochs == 1
+    Ctx.baseline_train = None
+    with pytest.raises(PrunekitError, match="set method.train"):
+        pruned_recipe(Ctx, cfg)
+    assert scratch_budget(base, 0.5, "scratch-b").epochs == 16
+    assert scratch_budget(base, 0.5, "scratch-e") is base
+    with pytest.raises(PrunekitError, match="no valid Scratch-B budget"):
+        scratch_budget(base, 1.5, "scratch-b")
+
+
+def test_run_without_the_pipeline_resolves_round_to_once(tmp_path, monkeypatch):
+    """`run` on a hand-made context: every step runs, ``round_to: auto`` is resolved once and the int passed on."""
+    import prunekit.methods.scratch as scratch
+
+    spec = "resnet20:in_chans=1,num_classes=10,width_mult=0.5"
+    model, space, cost = _space(spec)
+    seen = []
+    monkeypatch.setattr(scratch, "resolve_round_to", lambda v: seen.append(v) or 2)
+
+    def train(m, tc, *, tag, callbacks=(), select="best", loss_fn=None):
+        return fit(m, _batches(), tc, val_loader=_batches(2, seed=1), callbacks=callbacks, select=select)
+
+    class Data:
+        val = _batches(2, seed=1)
+
+    ctx = MethodContext(
+        model=model,
+        spec=spec,
+        space=space,
+        cost=cost,
+        target_macs=0.5 * cost.cost().macs,
+        data=Data,
+        device="cpu",
+        out_dir=tmp_path,
+        finetune=None,
+        evaluate=None,
+        train=train,
+        seed=0,
+        smoke=True,
+    )
+    cfg = parse_method_config(
+        {
+            "name": "scratch",
+            "expansion": 1.5,
+            "gate_epochs": 2,
+            "tol": 0.05,
+            "train": {"epochs": 1, "lr": 0.05},
+        }
+    ).model_copy(update={"round_to": "auto"})
+    res = run(ctx, cfg)
+    assert seen == ["auto"]
+    wide = ChannelSpace.build(create_model(expand_spec(spec, 1.5)), SHAPE, quiet=True)
+    widths = res.plan.widths(wide)
+    assert all(w % 2 == 0 or w == g.channels for g, w in zip(wide.groups, widths, strict=True))
+    assert [h["step"] for h in res.history] == ["gates", "prune", "scratch-train"]  # smoke: one gate epoch
+    ex = res.extra
+    assert abs(ex["macs"] - ex["target_macs"]) <= 0.05 * ex["target_macs"] and res.trained
+    assert ex["train_epochs"] == pytest.approx(1 / (1 - ex["reduction"]))
+    assert res.plan.model == ex["expanded_spec"] and (tmp_path / "gates.json").is_file()
+    assert measure_macs(res.model, SHAPE) == ex["macs"]
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -163,7 +163,7 @@ def test_plan_json_round_trip_and_validation():
         apply(model, bad)
     with pytest.raises(PrunekitError, match="not valid JSON"):
         Plan.from_json("{oops")
-    with pytest.raises(PrunekitError, match="invalid plan field"):
+    with pytest.raises(PrunekitError, match="invalid plan: invalid value for 'groups'"):
         Plan.from_json('{"groups": 3}')
     with pytest.raises(PrunekitError, match=r"\[0, 1\)"):
         plan_from_ratio(space, 1.0)

@@ -430,9 +430,11 @@ def test_resume_without_rng_restore_would_differ(tmp_path):
     state["rng"] = []  # drop RNG state -> fit reseeds (and warns)
     torch.save(state, ckpt)
     model = new_model(dropout=0.3)
-    with pytest.warns(UserWarning, match="RNG"):
+    with pytest.warns(UserWarning, match="RNG") as rec:
         fit(model, tl, _resume_cfg(), callbacks=[Killer(None)], ckpt_path=ckpt, resume=True)
     assert not states_equal(model.state_dict(), ref.state_dict())
+    # the warning points at fit's caller, not at fit's helpers
+    assert [w.filename for w in rec if "RNG" in str(w.message)] == [__file__]
 
 
 def test_resume_errors(tmp_path):

@@ -191,7 +191,7 @@ def run(
     smoke: SmokeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Baseline -> prune to the MACs target -> finetune -> evaluate -> export -> report. Re-running resumes."""
+    """Baseline -> prune to the budget (target) -> finetune -> evaluate -> export -> report. Re-running resumes."""
     from prunekit.config import load_config
     from prunekit.pipeline import run as run_pipeline
     from prunekit.report import fmt_macs, fmt_ms, fmt_pct
@@ -204,6 +204,9 @@ def run(
         f"MACs {fmt_macs(b['macs'])} -> {fmt_macs(p['macs'])}, "
         f"latency {fmt_ms(b.get('latency_ms'))} -> {fmt_ms(p.get('latency_ms'))} (batch 1)"
     )
+    for c in res.report.get("constraints") or []:
+        met = {True: "[green]met[/]", False: "[red]NOT met[/]", None: "not measured"}[c.get("met")]
+        console.print(f"  {c['metric']} <= {c['asked']:.6g}: {c.get('achieved')} ({c.get('source')}) {met}")
     console.print(f"report: {res.out_dir / 'report.md'}")
 
 
@@ -236,7 +239,7 @@ def eval_(
     from pathlib import Path
 
     from prunekit.data import DataConfig, build_data
-    from prunekit.pipeline import load_baseline, load_run
+    from prunekit.runs import load_baseline, load_run
     from prunekit.train import evaluate
 
     if split not in ("test", "val"):
@@ -272,7 +275,7 @@ def export(
 ) -> None:
     """Export a finished run's pruned model to ONNX (verified in ONNX Runtime)."""
     from prunekit.export import export_onnx
-    from prunekit.pipeline import load_run
+    from prunekit.runs import load_run
 
     model, plan, _ = load_run(run_dir)
     info = export_onnx(model, onnx, tuple(plan.input_shape), fold_bn=fold_bn)
@@ -282,29 +285,87 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI; user errors become one line on stderr and exit code 2."""
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code.
+
+    Never raises for bad input: a user error (:class:`~prunekit.errors.PrunekitError`) or a command-line usage error
+    (unknown command or option, missing or extra argument, bad option value, no command) prints one line on stderr
+    and returns 2; ``--help`` returns 0; Ctrl-C returns 130.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        rv = app(args=argv, prog_name="prunekit", standalone_mode=False)
-        if isinstance(rv, int):  # click returns the code of a typer.Exit in non-standalone mode
+        rv = app(args=args, prog_name="prunekit", standalone_mode=False)
+        if isinstance(rv, int):  # typer returns the code of a typer.Exit in non-standalone mode
             return rv
     except PrunekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except typer.Exit as exc:
         return exc.exit_code
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        raise
+    except typer.TyperException as exc:  # usage errors (typer's parser) in non-standalone mode
+        print(f"error: {_usage_message(exc, args)}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
     return 0
+
+
+def _usage_message(exc: typer.TyperException, args: list[str]) -> str:
+    """One line for a usage error raised by typer's parser: the problem, then ``see `prunekit CMD --help```.
+
+    Typer exports only the base class of its usage errors, so the kind is read from the class names (stable since
+    click 7) and the error's attributes; anything unrecognised falls back to typer's own message.
+    """
+    from difflib import get_close_matches
+
+    kinds = {c.__name__ for c in type(exc).__mro__}
+    commands = list(typer.main.get_command(app).commands)
+    ctx = getattr(exc, "ctx", None)
+    words = [a for a in args if not a.startswith("-")]  # the top level takes no option values
+    sub = words[0] if words else None
+    fallback = f"prunekit {sub}" if sub in commands else "prunekit"  # some parser errors carry no context
+    path = ctx.command_path if ctx is not None else fallback
+    see = f"see `{path} --help`"
+    param = getattr(exc, "param", None)
+    if "NoSuchOption" in kinds:
+        close = sorted(getattr(exc, "possibilities", None) or [])
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        return f"unknown option {exc.option_name} for `{path}`{hint}; {see}"
+    if path == "prunekit" and ("NoArgsIsHelpError" in kinds or sub is None or sub not in commands):
+        choose = f"choose one of {', '.join(commands)}; {see}"
+        if sub is None or "NoArgsIsHelpError" in kinds:
+            return f"missing command: {choose}"
+        close = get_close_matches(sub, commands, n=1)
+        return (
+            f"unknown command {sub!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + f": {choose}"
+        )
+    if param is not None and "BadParameter" in kinds:
+        is_option = getattr(param, "param_type_name", "") == "option"
+        opts = list(getattr(param, "opts", None) or [])
+        name = opts[0] if is_option and opts else str(param.name).upper()
+        if "MissingParameter" in kinds:
+            return f"missing {'option' if is_option else 'argument'} {name} for `{path}`; {see}"
+        given = _option_value(args, opts) if is_option else None
+        value = f" {given!r}" if given is not None else ""
+        reason = " ".join(str(exc.message).split()).rstrip(".")
+        return f"invalid value{value} for {name} of `{path}`: {reason[:1].lower()}{reason[1:]}; {see}"
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    return f"`{path}`: {message[:1].lower()}{message[1:]}; {see}"
+
+
+def _option_value(args: list[str], opts: list[str]) -> str | None:
+    """The last value given on the command line for an option spelled as one of ``opts`` (``--x v`` or ``--x=v``)."""
+    value = None
+    for i, a in enumerate(args):
+        for o in opts:
+            if a == o and i + 1 < len(args):
+                value = args[i + 1]
+            elif a.startswith(o + "="):
+                value = a[len(o) + 1 :]
+    return value
 
 
 def _console_main() -> None:

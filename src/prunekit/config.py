@@ -8,7 +8,7 @@ Sections (every key is checked; unknown keys are errors)::
     device: cpu                      # or cuda / cuda:1
     data: {name: fashion_mnist, ...}             # prunekit.data.DataConfig
     baseline: {checkpoint: null, train: {...}}   # load a trained baseline, or train one with this recipe
-    target: {macs_ratio: 0.5}                    # or {macs: 20000000}: budget of the pruned model (conv+linear MACs)
+    target: {macs_ratio: 0.5}                    # budget: macs / params / latency_ms, absolute or *_ratio, several at once
     method: {name: magnitude, ...}               # one of prunekit.methods.METHODS, with its own options
     finetune: {epochs: 2, lr: 0.01, ...}         # prunekit.train.TrainConfig for recovery (null: no finetune)
     export: {onnx: true, latency: true, ...}
@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from prunekit.cost.budget import TargetConfig
 from prunekit.data import DataConfig
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, validation_message
 from prunekit.methods import method_config_classes, method_config_union
 from prunekit.train import TrainConfig
 
@@ -41,23 +42,6 @@ class BaselineConfig(_Strict):
 
     checkpoint: str | None = None
     train: TrainConfig | None = None
-
-
-class TargetConfig(_Strict):
-    """MACs budget of the pruned model: exactly one of ``macs_ratio`` (fraction of the baseline's MACs, in (0, 1])
-    or ``macs`` (absolute conv + linear MACs per sample)."""
-
-    macs_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
-    macs: int | None = Field(default=None, gt=0)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> TargetConfig:
-        if (self.macs_ratio is None) == (self.macs is None):
-            raise ValueError("give exactly one of target.macs_ratio or target.macs")
-        return self
-
-    def resolve(self, baseline_macs: float) -> float:
-        return self.macs_ratio * baseline_macs if self.macs_ratio is not None else float(self.macs)
 
 
 class ExportConfig(_Strict):
@@ -103,21 +87,8 @@ def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
         node[keys[-1]] = raw
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    # drop the discriminator tag pydantic puts in the location of union members: method.<tag>.key -> method.key
-    loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and x in _method_tags()))
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        return f"unknown key {loc!r} (check the spelling; see the config reference in README.md)"
-    if err["type"] == "missing":
-        return f"missing required key {loc!r}"
-    if err["type"] == "union_tag_invalid":
-        return f"{loc}: {msg}"
-    return f"invalid value for {loc!r}: {msg} (got {err.get('input')!r})"
-
-
 def _method_tags() -> set[str]:
+    """The discriminator tags of the method union (pydantic puts them in error locations: method.<tag>.key)."""
     return {get_args(c.model_fields["name"].annotation)[0] for c in method_config_classes()}
 
 
@@ -147,8 +118,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def parse_config(tree: dict[str, Any]) -> RunConfig:
-    """Validate a config tree (already loaded). Raises PrunekitError naming the first bad key."""
+    """Validate a config tree (already loaded).
+
+    Raises:
+        PrunekitError: the first invalid key, one line, e.g. ``invalid config: unknown key 'data.batchsize' (check
+            the spelling; see the config reference in README.md)``.
+    """
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        raise PrunekitError(f"invalid config: {_first_error(exc)}") from None
+        raise PrunekitError(validation_message(exc, what="config", drop=_method_tags())) from None

@@ -1,4 +1,4 @@
-"""Atomic file output and safe checkpoint loading.
+"""Atomic file output, safe checkpoint loading and weights files (safetensors, state_dicts).
 
 Every file prunekit writes goes through :func:`atomic_path`, so a killed process never leaves a half-written
 report, checkpoint or ONNX file behind: data is written to a temporary file in the same directory and renamed
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from prunekit.errors import PrunekitError
 
@@ -83,3 +84,52 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise PrunekitError(f"checkpoint {path} does not hold a dict (not a prunekit checkpoint)")
     return state
+
+
+def save_safetensors(
+    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """Atomically write ``state_dict`` (tensors, copied to contiguous CPU storage) as a ``.safetensors`` file, with
+    optional string ``metadata``; no pickles."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load weights from a prunekit ``baseline.pt``, a plain state_dict checkpoint or a ``.safetensors`` file.
+
+    Raises:
+        PrunekitError: missing / corrupt file, or one that holds no tensors.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise PrunekitError(f"weights file not found: {path}")
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise PrunekitError(f"cannot read {path}: {str(exc)[:160]} (corrupt safetensors file?)") from None
+    state = load_checkpoint(path)
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PrunekitError(
+            f"{path} holds no state_dict of tensors (expected baseline.pt or torch.save(state_dict))"
+        )
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)``; a mismatch raises PrunekitError naming ``source``."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise PrunekitError(f"weights in {source} do not fit the model: {first[:200]}") from None

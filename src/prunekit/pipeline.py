@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,35 +31,36 @@ import torch.nn as nn
 import yaml
 
 from prunekit.config import RunConfig
+from prunekit.cost.budget import Budget, Constraint, MeasuredLatency
+from prunekit.cost.latency import measure_ort_latency, resolve_round_to
 from prunekit.cost.macs import CostModel, count_params
 from prunekit.data import DataBundle, build_data
 from prunekit.errors import PrunekitError
-from prunekit.io import load_checkpoint, save_checkpoint, write_json, write_text
+from prunekit.export import export_onnx
+from prunekit.io import load_state, load_weights, save_checkpoint, save_safetensors, write_json, write_text
 from prunekit.methods import get_method
 from prunekit.methods.base import MethodContext, MethodResult
 from prunekit.models import create_model, parse_spec
+from prunekit.report import Report, training_warnings, write_report
+from prunekit.runs import BASELINE_FORMAT
 from prunekit.space import ChannelSpace, Plan, apply
-from prunekit.train import TrainConfig, evaluate, fit
+from prunekit.train import SMOKE_DATA, TrainConfig, evaluate, fit, smoke_recipe
 
-BASELINE_FORMAT = "prunekit-baseline-v1"
 log = logging.getLogger(__name__)
-SMOKE = {"subset_train": 1500, "subset_val": 300, "subset_test": 500, "epochs": 1.0}
 
 
 # ---------------------------------------------------------------------------------------------- config helpers
 def smoke_config(cfg: RunConfig) -> RunConfig:
-    """A copy of ``cfg`` shrunk for a quick end-to-end check: small stratified subsets, at most one epoch per
-    training phase, fewer latency repeats (see :data:`SMOKE`)."""
+    """A copy of ``cfg`` shrunk for a quick end-to-end check: small stratified subsets
+    (:data:`prunekit.train.SMOKE_DATA`) and every training phase through :func:`prunekit.train.smoke_recipe`."""
     cfg = cfg.model_copy(deep=True)
     d = cfg.data
-    d.subset_train = min(d.subset_train or 10**9, SMOKE["subset_train"])
-    d.subset_val = min(d.subset_val or 10**9, SMOKE["subset_val"])
-    d.subset_test = min(d.subset_test or 10**9, SMOKE["subset_test"])
-    for tc in (cfg.baseline.train, cfg.finetune):
-        if tc is not None:
-            tc.epochs = min(tc.epochs, SMOKE["epochs"])
-            tc.warmup_epochs = min(tc.warmup_epochs, tc.epochs / 2)
-            tc.milestones = [m for m in tc.milestones if m < tc.epochs]
+    for key, cap in SMOKE_DATA.items():
+        setattr(d, key, min(getattr(d, key) or 10**9, cap))
+    if cfg.baseline.train is not None:
+        cfg.baseline.train = smoke_recipe(cfg.baseline.train)
+    if cfg.finetune is not None:
+        cfg.finetune = smoke_recipe(cfg.finetune)
     return cfg
 
 
@@ -71,55 +72,6 @@ def resolved_spec(cfg: RunConfig, data: DataBundle) -> str:
     """The model spec with ``num_classes`` / ``in_chans`` taken from the dataset (canonical string)."""
     spec = parse_spec(cfg.model)
     return spec.with_options(num_classes=data.num_classes, in_chans=data.in_chans).to_string()
-
-
-# ---------------------------------------------------------------------------------------------- weights io
-def save_safetensors(
-    state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
-) -> None:
-    from safetensors.torch import save_file
-
-    from prunekit.io import atomic_path
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load weights from a prunekit ``baseline.pt``, a plain state_dict checkpoint or a ``.safetensors`` file.
-
-    Raises:
-        PrunekitError: missing / corrupt file, or one that holds no tensors.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise PrunekitError(f"weights file not found: {path}")
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise PrunekitError(f"cannot read {path}: {str(exc)[:160]} (corrupt safetensors file?)") from None
-    state = load_checkpoint(path)
-    for key in ("state_dict", "model"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PrunekitError(
-            f"{path} holds no state_dict of tensors (expected baseline.pt or torch.save(state_dict))"
-        )
-    return state
-
-
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise PrunekitError(f"weights in {source} do not fit the model: {first[:200]}") from None
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -153,6 +105,12 @@ class _Run:
             self.state = state
         else:
             self.state = {"config_hash": h, "phases": {}}
+        if self.budget is not None:  # a latency limit is measured once: a resumed run keeps the first one
+            saved = self.state.get("budget")
+            if saved:
+                self.budget = Budget([Constraint(**c) for c in saved], self.cost, self.budget.latency)
+            else:
+                self.state["budget"] = [asdict(c) for c in self.budget.constraints]
 
     @property
     def main(self) -> bool:
@@ -223,15 +181,39 @@ class _Run:
         self.space = ChannelSpace.build(self.model, self.input_shape)
         self.cost = CostModel(self.space)
         self.base_macs = float(self.cost.cost().macs)
-        self.target_macs = self.cfg.target.resolve(self.base_macs) if self.cfg.target is not None else None
-        if self.target_macs is None:
-            return
-        floor = float(self.cost.macs(self.space.channels * 0 + 1))
-        if self.target_macs < floor:
+        self.budget = self._budget()
+
+    def _budget(self) -> Budget | None:
+        """The run's :class:`Budget` (None without ``target``), checked reachable before anything is written: by
+        one channel per group at all, and by the method's supported metrics."""
+        target = self.cfg.target
+        if target is None:
+            return None
+        supported = getattr(get_method(self.cfg.method.name), "BUDGET_METRICS", ("macs",))
+        unsupported = [m for m in target.metrics if m not in supported]
+        if unsupported:
             raise PrunekitError(
-                f"target {self.target_macs:,.0f} MACs is below the smallest reachable plan ({floor:,.0f} MACs, one "
-                f"channel per group; baseline {self.base_macs:,.0f}); raise target.macs_ratio / target.macs"
+                f"method {self.cfg.method.name} cannot prune to a {'/'.join(unsupported)} target (it supports "
+                f"{', '.join(supported)}); use uniform or magnitude, or give target.macs_ratio"
             )
+        budget = Budget.from_target(
+            target,
+            self.cost,
+            latency=lambda: MeasuredLatency(
+                self.model, self.space, self.input_shape, threads=self.cfg.export.latency_threads
+            ),
+        )
+        budget.require_reachable(
+            self.space.channels * 0 + 1,
+            who="prunekit",
+            how="one channel per group",
+            fix="raise the target",
+        )
+        return budget
+
+    @property
+    def target_macs(self) -> float | None:
+        return None if self.budget is None else self.budget.limit("macs")
 
     def baseline(self) -> None:
         done = self._phase("baseline")
@@ -298,6 +280,7 @@ class _Run:
             space=self.space,
             cost=self.cost,
             target_macs=self.target_macs,
+            budget=self.budget,
             data=self.data,
             device=self.device,
             out_dir=self.out,
@@ -335,18 +318,32 @@ class _Run:
         self.wall["finetune"] = time.perf_counter() - t0
 
     def export_and_report(self) -> dict:
-        from prunekit.cost.latency import measure_ort_latency
-        from prunekit.export import export_onnx
-        from prunekit.report import training_warnings, write_report
-
+        """Evaluate the pruned model, save and export it, measure latency, write the report (``report.json`` last)."""
         t0 = time.perf_counter()
-        pruned_metrics = self.evaluate(self.pruned, "test")
-        if self.data.val is not None:
-            pruned_metrics["val_top1"] = self.evaluate(self.pruned, "val")["top1"]
+        pruned_metrics = self._metrics(self.pruned)
         self.wall["evaluate"] = time.perf_counter() - t0
-
         t0 = time.perf_counter()
-        ec = self.cfg.export
+        files, onnx_info = self._save_and_export()
+        lat = {key: self._latency(net) for key, net in (("baseline", self.model), ("pruned", self.pruned))}
+        self.wall["export"] = time.perf_counter() - t0
+        report = Report.model_validate(self._report(pruned_metrics, lat, files, onnx_info))
+        for w in report.warnings or []:
+            log.warning("%s", w.replace("`", ""))
+        written = write_report(
+            report, self.out
+        )  # report.json last: its presence means the report is complete
+        report.files = {**(report.files or {}), **{k: Path(v).name for k, v in written.items()}}
+        data = report.to_dict()
+        write_json(self.out / "report.json", data)
+        return data
+
+    def _metrics(self, model: nn.Module) -> dict:
+        metrics = self.evaluate(model, "test")
+        if self.data.val is not None:
+            metrics["val_top1"] = self.evaluate(model, "val")["top1"]
+        return metrics
+
+    def _save_and_export(self) -> tuple[dict[str, str], Any]:
         save_safetensors(
             self.pruned.state_dict(),
             self.out / "model.safetensors",
@@ -360,39 +357,29 @@ class _Run:
             "config": "config.yaml",
         }
         onnx_info = None
-        if ec.onnx:
+        if self.cfg.export.onnx:
             onnx_info = export_onnx(self.pruned, self.out / "model.onnx", self.input_shape)
             files["onnx"] = "model.onnx"
-        lat: dict[str, dict] = {"baseline": {}, "pruned": {}}
-        if ec.latency:
-            kw = {"batch_sizes": (1, ec.latency_batch), "threads": ec.latency_threads}
-            if self.smoke:
-                kw.update(warmup=2, repeats=5, max_time_s=1.0, min_time_s=0.05)
-            for key, net in (("baseline", self.model), ("pruned", self.pruned)):
-                stats = measure_ort_latency(net, self.input_shape, **kw)
-                lat[key] = {
-                    "latency_ms": stats[1].median_ms,
-                    "latency_ms_batch": stats[ec.latency_batch].median_ms,
-                    "latency_batch": ec.latency_batch,
-                    "latency_threads": ec.latency_threads,
-                }
-        self.wall["export"] = time.perf_counter() - t0
+        return files, onnx_info
 
-        pruned_cost = self.cost.cost(self.plan)
-        base_cost = self.cost.cost()
-        widths = self.plan.widths(self.space)
+    def _latency(self, net: nn.Module) -> dict:
+        """ONNX Runtime latency of ``net`` at batch 1 and ``export.latency_batch`` (ms); ``{}`` when disabled."""
+        ec = self.cfg.export
+        if not ec.latency:
+            return {}
+        kw = {"batch_sizes": (1, ec.latency_batch), "threads": ec.latency_threads}
+        if self.smoke:
+            kw.update(warmup=2, repeats=5, max_time_s=1.0, min_time_s=0.05)
+        stats = measure_ort_latency(net, self.input_shape, **kw)
+        return {
+            "latency_ms": stats[1].median_ms,
+            "latency_ms_batch": stats[ec.latency_batch].median_ms,
+            "latency_batch": ec.latency_batch,
+            "latency_threads": ec.latency_threads,
+        }
 
-        def side(metrics, cost_, nparams, latency):
-            return {
-                "top1": metrics["top1"],
-                "top5": metrics.get("top5"),
-                "val_top1": metrics.get("val_top1"),
-                "macs": cost_.macs,
-                "flops": cost_.flops,
-                "params": nparams,
-                **latency,
-            }
-
+    def _report(self, pruned_metrics: dict, lat: dict, files: dict, onnx_info: Any) -> dict:
+        pruned_cost, base_cost = self.cost.cost(self.plan, per_layer=True), self.cost.cost()
         report = {
             "name": self.cfg.name,
             "command": self.command,
@@ -405,31 +392,78 @@ class _Run:
                 "num_classes": self.data.num_classes,
             },
             "model": self.spec,
-            "method": {"name": self.cfg.method.name, "config": self.cfg.method.model_dump()},
+            "method": {
+                "name": self.cfg.method.name,
+                "config": self.cfg.method.model_dump(),
+                **_resolved(self.cfg.method),
+            },
             "target": {
                 "macs_ratio": self.cfg.target.macs_ratio if self.cfg.target else None,
                 "macs": self.target_macs,
                 "achieved_macs_ratio": pruned_cost.macs / base_cost.macs,
             },
-            "baseline": side(self.base_metrics, base_cost, count_params(self.model), lat["baseline"]),
-            "pruned": side(pruned_metrics, pruned_cost, count_params(self.pruned), lat["pruned"]),
+            "constraints": self._constraint_rows(lat),
+            "baseline": _side(self.base_metrics, base_cost, count_params(self.model), lat["baseline"]),
+            "pruned": _side(pruned_metrics, pruned_cost, count_params(self.pruned), lat["pruned"]),
             "wall_s": {k: round(v, 2) for k, v in self.wall.items()},
             "history": {**self.history, "method": self.method_result.history},
             "groups": [
                 {"name": g.name, "channels": g.channels, "kept": int(w), "tags": sorted(g.tags)}
-                for g, w in zip(self.space.groups, widths, strict=True)
+                for g, w in zip(self.space.groups, self.plan.widths(self.space), strict=True)
             ],
+            "layers": _layer_rows(self.plan, pruned_cost),
             "extra": {**self.method_result.extra, **({"onnx": onnx_info.to_dict()} if onnx_info else {})},
             "files": files,
         }
         report["wall_s"]["total"] = round(sum(v for k, v in self.wall.items()), 2)
         report["warnings"] = training_warnings(report)
-        for w in report["warnings"]:
-            log.warning("%s", w.replace("`", ""))
-        written = write_report(report, self.out)
-        report["files"].update({k: Path(v).name for k, v in written.items()})
-        write_json(self.out / "report.json", report)
         return report
+
+    def _constraint_rows(self, lat: dict) -> list[dict]:
+        """Every constraint of the budget: asked, achieved (latency: the final measurement), met."""
+        if self.budget is None:
+            return []
+        measured = (
+            {"latency_ms": lat["pruned"].get("latency_ms")}
+            if "latency_ms" in self.budget.metrics_constrained
+            else None
+        )
+        return self.budget.rows(self.plan, measured=measured)
+
+
+def _resolved(method_cfg: Any) -> dict:
+    """Config values resolved on this machine (``round_to: auto`` -> the channel multiple), for the report."""
+    rt = getattr(method_cfg, "round_to", None)
+    return {"resolved": {"round_to": resolve_round_to(rt)}} if rt is not None else {}
+
+
+def _side(metrics: dict, cost: Any, nparams: int, latency: dict) -> dict:
+    return {
+        "top1": metrics["top1"],
+        "top5": metrics.get("top5"),
+        "val_top1": metrics.get("val_top1"),
+        "macs": cost.macs,
+        "flops": cost.flops,
+        "params": nparams,
+        **latency,
+    }
+
+
+def _layer_rows(plan: Plan, cost: Any) -> list[dict]:
+    """Per-layer rows for the report, only for plans with weight-level choices (density, conv groups)."""
+    if not plan.layers:
+        return []
+    macs = {r["name"]: r["macs"] for r in cost.layers}
+    return [
+        {
+            "name": n,
+            "density": lc.density,
+            "block": lc.block,
+            "conv_groups": lc.conv_groups,
+            "macs": macs.get(n),
+        }
+        for n, lc in plan.layers.items()
+    ]
 
 
 def _start(cfg: RunConfig, out_dir, *, smoke: bool, overwrite: bool, command: str) -> _Run:
@@ -497,40 +531,3 @@ def train_only(
     r.baseline()
     cleanup()
     return RunResult(r.out, {"baseline": r.base_metrics, "wall_s": r.wall})
-
-
-def load_baseline(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the unpruned model saved in a prunekit ``baseline.pt`` (loaded with ``weights_only=True``).
-
-    Returns:
-        ``(model, checkpoint)``: the model built from the checkpoint's spec with its weights, in eval mode, and the
-        checkpoint dict (``spec``, ``input_shape``, ``data`` (a ``DataConfig`` JSON), ...).
-
-    Raises:
-        PrunekitError: missing / corrupt file, or not a prunekit baseline checkpoint.
-    """
-    ck = load_checkpoint(path)
-    if ck.get("format") != BASELINE_FORMAT:
-        raise PrunekitError(f"{path} is not a prunekit baseline.pt (give a run directory or a baseline.pt)")
-    model = create_model(ck["spec"])
-    load_weights(model, load_state(path), str(path))
-    return model.eval(), ck
-
-
-def load_run(run_dir: str | Path) -> tuple[nn.Module, Plan, RunConfig]:
-    """Rebuild a finished run's pruned model from ``plan.json`` + ``model.safetensors`` (no pickled modules).
-
-    Raises:
-        PrunekitError: not a run directory, or files missing / corrupt.
-    """
-    from prunekit.config import parse_config
-    from prunekit.space import rebuild
-
-    run_dir = Path(run_dir)
-    for name in ("plan.json", "model.safetensors", "config.yaml"):
-        if not (run_dir / name).is_file():
-            raise PrunekitError(f"{run_dir} is not a finished prunekit run ({name} missing)")
-    plan = Plan.load(run_dir / "plan.json")
-    model = rebuild(plan, load_state(run_dir / "model.safetensors"))
-    cfg = parse_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    return model, plan, cfg

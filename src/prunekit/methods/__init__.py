@@ -20,7 +20,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, validation_message
 from prunekit.methods.base import MethodContext, MethodResult
 
 __all__ = [
@@ -106,7 +106,8 @@ def parse_method_config(data: dict[str, Any] | BaseModel) -> BaseModel:
     """Validate a method config mapping (``{"name": ..., options}``) into its method's ``Config``.
 
     Raises:
-        PrunekitError: missing/unknown ``name`` or an invalid option (one line naming the field).
+        PrunekitError: missing/unknown ``name``, or an unknown or invalid option (one line naming the field, e.g.
+            ``invalid method config: invalid value for 'magnitude.steps': ...``).
     """
     if isinstance(data, BaseModel):
         return data
@@ -116,7 +117,4 @@ def parse_method_config(data: dict[str, Any] | BaseModel) -> BaseModel:
     try:
         return TypeAdapter(module.Config).validate_python(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise PrunekitError(f"invalid method option {data['name']}.{loc}: {msg}") from None
+        raise PrunekitError(validation_message(exc, what="method config", prefix=str(data["name"]))) from None

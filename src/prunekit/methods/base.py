@@ -17,7 +17,9 @@ from typing import Annotated, Any, Literal
 import torch.nn as nn
 from pydantic import AfterValidator
 
+from prunekit.cost.budget import Budget
 from prunekit.cost.macs import CostModel
+from prunekit.errors import PrunekitError
 from prunekit.space import ChannelSpace, Plan
 
 
@@ -29,8 +31,10 @@ class MethodContext:
         model: the baseline network (trained unless the method trains from scratch); methods must not modify it.
         spec: canonical model spec string (saved in the plan so the run rebuilds without pickles).
         space: its channel space at the run's input shape. cost: the analytic :class:`CostModel` over ``space``.
-        target_macs: the MACs budget of the pruned model (conv + linear MACs per sample); None when the config has
-            no ``target`` (methods that need one call :func:`require_target`).
+        target_macs: the MACs limit of the pruned model (conv + linear MACs per sample) when the budget has one;
+            None otherwise. budget: the run's :class:`~prunekit.cost.budget.Budget` (MACs, params, latency; None when
+            the config has no ``target``). Methods call :func:`require_budget` (any constraint) or
+            :func:`require_target` (methods that prune to MACs only).
         data: the :class:`prunekit.data.DataBundle` (train / val / test loaders).
         device: torch device string. out_dir: the run directory (methods may write state files here, e.g. for resume).
         finetune: ``finetune(model, epochs, *, callbacks=(), tag) -> FitResult``: the run's recovery recipe, with
@@ -57,6 +61,7 @@ class MethodContext:
     baseline_train: Any = None
     seed: int = 0
     smoke: bool = False
+    budget: Budget | None = None
 
 
 @dataclass
@@ -77,11 +82,27 @@ class MethodResult:
     extra: dict = field(default_factory=dict)
 
 
-def require_target(ctx: MethodContext, method: str) -> float:
-    """``ctx.target_macs``, or a PrunekitError telling the user to set ``target`` for ``method``."""
+def require_budget(ctx: MethodContext, method: str) -> Budget:
+    """The run's budget (``ctx.budget``, else a MACs budget from ``ctx.target_macs``), or a PrunekitError telling
+    the user to set ``target`` for ``method``."""
+    if ctx.budget is not None:
+        return ctx.budget
     if ctx.target_macs is None:
-        from prunekit.errors import PrunekitError
+        raise PrunekitError(
+            f"method {method} prunes to a budget: set target (macs_ratio, params_ratio, latency_ratio, or absolute)"
+        )
+    return Budget.of_macs(ctx.cost, float(ctx.target_macs))
 
+
+def require_target(ctx: MethodContext, method: str) -> float:
+    """The MACs limit of a method that prunes to MACs only, or a PrunekitError: no ``target``, or a target with
+    constraints other than MACs (the message says which ones the method supports)."""
+    if ctx.budget is not None and ctx.budget.metrics_constrained != ["macs"]:
+        raise PrunekitError(
+            f"method {method} prunes to a MACs budget only: use target.macs_ratio or target.macs "
+            f"(got {', '.join(ctx.budget.metrics_constrained)}); uniform and magnitude take params and latency too"
+        )
+    if ctx.target_macs is None:
         raise PrunekitError(f"method {method} prunes to a MACs budget: set target.macs_ratio or target.macs")
     return float(ctx.target_macs)
 
@@ -89,26 +110,23 @@ def require_target(ctx: MethodContext, method: str) -> float:
 def require_train(ctx: MethodContext, method: str) -> Callable[..., Any]:
     """``ctx.train``, or a PrunekitError: ``method`` trains inside itself and must run through ``prunekit run``."""
     if ctx.train is None:
-        from prunekit.errors import PrunekitError
-
         raise PrunekitError(
             f"method {method} trains inside its phases and needs MethodContext.train; use `prunekit run`"
         )
     return ctx.train
 
 
-def _round_to(value: int | str) -> int:
-    from prunekit.cost.latency import resolve_round_to
-
-    value = resolve_round_to(value)
-    if value < 1:
+def _round_to(value: int | str) -> int | str:
+    if value != "auto" and int(value) < 1:
         raise ValueError("round_to must be >= 1 or 'auto'")
     return value
 
 
 RoundTo = Annotated[int | Literal["auto"], AfterValidator(_round_to)]
 """Config type of a channel-count multiple: an int >= 1, or ``"auto"`` = the multiple ONNX Runtime's CPU kernels
-run without padding waste here (:func:`prunekit.cost.latency.channel_multiple`: 16 on AVX-512, else 8)."""
+run without padding waste (:func:`prunekit.cost.latency.channel_multiple`: 16 on AVX-512, else 8). ``"auto"`` stays
+``"auto"`` in the config (so the same YAML hashes, and a copied run resumes, on any machine); methods resolve it
+with :func:`prunekit.cost.latency.resolve_round_to` when they run, and the report records the resolved value."""
 
 
 def _known_importance(name: str) -> str:

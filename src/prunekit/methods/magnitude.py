@@ -1,4 +1,4 @@
-"""``magnitude``: one-shot (or iterative) filter-norm channel pruning to a MACs target.
+"""``magnitude``: one-shot (or iterative) filter-norm channel pruning to a budget (MACs, params, latency).
 
 Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017: channels are ranked by the L1 norm of their filters
 (§3.1; here any criterion of :mod:`prunekit.importance`, summed over every layer producing the group), the
@@ -17,7 +17,7 @@ lowest-ranked are removed, and the network is retrained, once ("prune once and r
 
 Rounding: a group's kept count is rounded to the *nearest* multiple of ``round_to`` (ties up), clamped to
 ``[min_channels, current width]`` and, for groups touching a grouped conv, floored to a multiple of ``blocks``
-(:func:`~prunekit.methods.uniform.legal_width`). Because the bisection evaluates the exact MACs *after* rounding
+(:func:`~prunekit.space.widths.legal_width`). Because the bisection evaluates the exact MACs *after* rounding
 (rounding is monotone, so the cost stays monotone in the bisected knob), the result never exceeds the target: a
 removal count (or ratio) whose rounded model exceeds the budget is simply infeasible and the bisection moves past it.
 
@@ -38,16 +38,17 @@ Config (YAML)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from prunekit import importance as _importance
-from prunekit.cost.macs import CostModel
+from prunekit.cost.budget import Budget
+from prunekit.cost.latency import resolve_round_to
 from prunekit.errors import PrunekitError
 from prunekit.methods.base import (
     ImportanceName,
@@ -55,25 +56,18 @@ from prunekit.methods.base import (
     MethodResult,
     RoundTo,
     TagList,
-    require_target,
+    require_budget,
 )
-from prunekit.methods.uniform import fit_uniform, legal_width
-from prunekit.search.bisect import bisect_monotone
-from prunekit.space import ChannelSpace, GroupChoice, Plan, apply, build_masks, mask, select_channels
+from prunekit.search.fit import min_widths, prune_to_target, require_reachable
+from prunekit.space import ChannelSpace, Plan, apply, build_masks, mask
 from prunekit.train.masking import MaskCallback
 
-__all__ = [
-    "Config",
-    "MagnitudeConfig",
-    "alive_counts",
-    "min_widths",
-    "prune_to_target",
-    "run",
-    "scored_protected",
-    "step_targets",
-]
+__all__ = ["Config", "MagnitudeConfig", "run", "step_targets"]
 
 log = logging.getLogger(__name__)
+
+BUDGET_METRICS = ("macs", "params", "latency_ms")
+"""The budget metrics this method prunes to (the pipeline refuses others before the run starts)."""
 
 
 class MagnitudeConfig(BaseModel):
@@ -115,204 +109,21 @@ def step_targets(base_macs: float, target_macs: float, steps: int) -> list[float
     return [float(base_macs) * ratio ** (k / steps) for k in range(1, steps)] + [float(target_macs)]
 
 
-def alive_counts(space: ChannelSpace, alive: Mapping[str, torch.Tensor] | None) -> np.ndarray:
-    """Channels still present per group, shape ``[G]`` (int64, space order); ``alive=None`` = all of them."""
-    return np.array(
-        [
-            int(alive[g.name].sum()) if alive is not None and g.name in alive else g.channels
-            for g in space.groups
-        ],
-        dtype=np.int64,
-    )
-
-
-def min_widths(
-    space: ChannelSpace,
-    *,
-    protected: Iterable[str] = (),
-    alive: Mapping[str, torch.Tensor] | None = None,
-    round_to: int = 1,
-    min_channels: int = 1,
-) -> np.ndarray:
-    """The smallest reachable widths, shape ``[G]``: every unprotected group at its minimum legal width (see
-    :func:`~prunekit.methods.uniform.legal_width`), protected groups at their current (alive) width."""
-    protected = set(protected)
-    n_alive = alive_counts(space, alive)
-    return np.array(
-        [
-            n_alive[i]
-            if g.name in protected
-            else min(n_alive[i], legal_width(g, 0, round_to=round_to, min_channels=min_channels))
-            for i, g in enumerate(space.groups)
-        ],
-        dtype=np.int64,
-    )
-
-
-def _unreachable(
-    target: float, smallest: float, round_to: int, min_channels: int, protected: set[str]
-) -> str:
-    prot = f", {len(protected)} protected group(s) whole" if protected else ""
-    return (
-        f"MACs target {target:,.0f} is below the smallest reachable model ({smallest:,.0f} MACs with every group at "
-        f"min_channels={min_channels}, round_to={round_to}{prot}); raise the target or lower "
-        "min_channels/round_to/protect"
-    )
-
-
-def scored_protected(
-    space: ChannelSpace, scores: Mapping[str, torch.Tensor], protected: Iterable[str]
-) -> set[str]:
-    """Names of the groups never pruned: those in ``protected`` and those without ``scores``."""
-    given = set(protected)
-    return {g.name for g in space.groups if g.name in given or g.name not in scores}
-
-
-def prune_to_target(
-    space: ChannelSpace,
-    cost: CostModel,
-    scores: Mapping[str, torch.Tensor],
-    target_macs: float,
-    *,
-    ranking: Literal["global", "per_layer"] = "global",
-    alive: Mapping[str, torch.Tensor] | None = None,
-    protected: Iterable[str] = (),
-    round_to: int = 1,
-    min_channels: int = 1,
-    spec: str | None = None,
-) -> Plan:
-    """The largest plan (in MACs) within ``target_macs`` that removes the lowest-scored channels.
-
-    Args:
-        space, cost: the channel space and its :class:`CostModel` (MACs are conv + linear MACs per sample).
-        scores: ``{group name: Tensor[C]}`` importance (higher = more important) for every unprotected group;
-            a group without scores is treated as protected.
-        target_macs: the budget.
-        ranking: ``per_layer`` — one ratio ``r`` of each group's original width, top-``k`` per group (bisection on
-            ``r``); ``global`` — scores divided by the mean of the group's alive scores, globally lowest removed
-            first (integer bisection on the number of channels removed). See the module docstring.
-        alive: ``{group name: bool Tensor[C]}`` channels still present (earlier iterative steps); dead channels are
-            never kept again (score ``-inf``) and widths never grow. ``None`` = every channel alive.
-        protected: group names never pruned further.
-        round_to, min_channels: rounding / floor of every kept count (see :func:`legal_width`).
-        spec: model spec stored in the plan.
-
-    Returns:
-        a :class:`Plan` over ``space`` (every pruned channel, earlier steps' included), with MACs ``<= target_macs``.
-
-    Raises:
-        PrunekitError: the target is below the smallest reachable model (message gives its MACs), or a group's
-            scores are not finite.
-    """
-    groups = space.groups
-    protected = scored_protected(space, scores, protected)
-    n_alive = alive_counts(space, alive)
-    masked: dict[str, torch.Tensor] = {}
-    for g in groups:
-        s = (
-            scores[g.name].detach().to("cpu", torch.float64).reshape(-1).clone()
-            if g.name in scores
-            else torch.zeros(g.channels, dtype=torch.float64)
+def step_budgets(budget: Budget, steps: int) -> list[Budget]:
+    """The budgets of ``steps`` prune steps: every constraint's limit geometric from the baseline's value to its
+    final limit (:func:`step_targets`); the last step's budget is ``budget`` itself."""
+    if steps == 1:
+        return [budget]
+    per = [step_targets(c.baseline, c.limit, steps) for c in budget.constraints]
+    out = [
+        Budget(
+            [replace(c, limit=lim[k]) for c, lim in zip(budget.constraints, per, strict=True)],
+            budget.cost,
+            budget.latency,
         )
-        if s.numel() != g.channels:
-            raise ValueError(f"scores of group {g.name!r} have {s.numel()} entries, the group {g.channels}")
-        live = alive[g.name].to("cpu", torch.bool) if alive is not None and g.name in alive else None
-        if not torch.isfinite(s if live is None else s[live]).all():
-            raise PrunekitError(
-                f"importance scores of channel group {g.name!r} are not finite (NaN/inf weights?); check the model"
-            )
-        if live is not None:
-            s[~live] = float("-inf")
-        masked[g.name] = s
-    prunable = [i for i, g in enumerate(groups) if g.name not in protected]
-
-    def lw(i: int, w: float) -> int:
-        return min(int(n_alive[i]), legal_width(groups[i], w, round_to=round_to, min_channels=min_channels))
-
-    def macs(widths: np.ndarray) -> float:
-        return float(np.rint(cost.macs(widths)))
-
-    smallest = macs(
-        min_widths(space, protected=protected, alive=alive, round_to=round_to, min_channels=min_channels)
-    )
-    if smallest > target_macs:
-        raise PrunekitError(_unreachable(target_macs, smallest, round_to, min_channels, protected))
-
-    if ranking == "per_layer":
-        fixed = {i: int(n_alive[i]) for i, g in enumerate(groups) if g.name in protected}
-        mult, widths = fit_uniform(
-            space, cost, target_macs, round_to=round_to, min_channels=min_channels, cap=n_alive, fixed=fixed
-        )
-        info = {"ratio": 1.0 - mult}
-    elif ranking == "global":
-        norm = {}
-        cand_group, cand_chan, cand_score = [], [], []
-        for i in prunable:
-            s = masked[groups[i].name]
-            live = torch.isfinite(s)
-            mean = float(s[live].mean()) if live.any() else 0.0
-            ns = s / mean if mean > 0 else torch.where(live, 0.0, float("-inf")).to(torch.float64)
-            norm[i] = np.sort(ns.numpy())[::-1]  # descending; dead channels (-inf) last
-            idx = torch.nonzero(live).flatten()
-            cand_group.append(np.full(len(idx), i, dtype=np.int64))
-            cand_chan.append(idx.numpy())
-            cand_score.append(ns[idx].numpy())
-        grp = np.concatenate(cand_group) if cand_group else np.zeros(0, dtype=np.int64)
-        chan = np.concatenate(cand_chan) if cand_chan else np.zeros(0, dtype=np.int64)
-        val = np.concatenate(cand_score) if cand_score else np.zeros(0)
-        order_grp = grp[np.lexsort((chan, grp, val))]  # ascending normalised score, ties by (group, channel)
-
-        def widths_after(k: int) -> np.ndarray:
-            removed = np.bincount(order_grp[:k], minlength=len(groups))
-            w = n_alive.copy()
-            for i in prunable:
-                w[i] = lw(i, float(n_alive[i] - removed[i]))
-            return w
-
-        res = bisect_monotone(
-            lambda k: macs(widths_after(int(k))),
-            0,
-            len(order_grp),
-            target_macs,
-            increasing=False,
-            tol_rel=0.0,
-            integer=True,
-            what="MACs",
-        )
-        widths = widths_after(int(res.x))
-        removed_by_threshold = int(res.x)
-        # fill: rounding leaves budget unused; give it back, best next channel (normalised score) first
-        while True:
-            cands = []
-            for i in prunable:
-                nxt = min(
-                    int(n_alive[i]), legal_width(groups[i], widths[i] + 1, round_to=round_to, mode="ceil")
-                )
-                if nxt > widths[i]:
-                    cands.append((-float(norm[i][widths[i]]), i, nxt))
-            for _, i, nxt in sorted(cands):
-                trial = widths.copy()
-                trial[i] = nxt
-                if macs(trial) <= target_macs:
-                    widths = trial
-                    break
-            else:
-                break
-        info = {"removed_by_threshold": removed_by_threshold}
-    else:
-        raise ValueError(f"ranking must be 'global' or 'per_layer', got {ranking!r}")
-
-    plan = Plan(model=spec, input_shape=list(space.input_shape))
-    for i, g in enumerate(groups):
-        w = int(widths[i])
-        if w >= g.channels:
-            continue
-        keep = select_channels(g, w, masked[g.name])
-        if len(keep) != w or (alive is not None and g.name in alive and not bool(alive[g.name][keep].all())):
-            raise AssertionError(f"internal: group {g.name} kept {len(keep)} channels for width {w}")
-        plan.groups[g.name] = GroupChoice(channels=g.channels, keep=keep)
-    plan.meta.update(info)
-    return plan
+        for k in range(steps - 1)
+    ]
+    return [*out, budget]
 
 
 def _alive_of(space: ChannelSpace, plan: Plan) -> dict[str, torch.Tensor]:
@@ -342,7 +153,8 @@ def _val_top1(ctx: MethodContext, model: nn.Module) -> float | None:
 
 # ---------------------------------------------------------------------------------------------- the method
 def run(ctx: MethodContext, cfg: MagnitudeConfig) -> MethodResult:
-    """Prune ``ctx.model`` by channel importance to ``ctx.target_macs`` (MACs per sample), one-shot or iteratively.
+    """Prune ``ctx.model`` by channel importance to the run's budget (``ctx.budget``: MACs per sample, params and/or
+    latency, every constraint at once), one-shot or iteratively (each constraint geometric towards its limit).
 
     See the module docstring for the algorithm (Li et al., ICLR 2017, §3.1 criterion, §3.5 iterative retraining).
     ``ctx.model`` is not modified. Every step appends a history row ``{"step", "macs", "params", "val_top1"}``
@@ -362,25 +174,26 @@ def run(ctx: MethodContext, cfg: MagnitudeConfig) -> MethodResult:
     """
     crit = _importance.get(cfg.importance)
     space, cm = ctx.space, ctx.cost
-    target = require_target(ctx, "magnitude")
+    budget = require_budget(ctx, "magnitude")
+    round_to = resolve_round_to(cfg.round_to)
     protected = {g.name for g in space.groups if g.tags & set(cfg.protect)}
     prunable = [g.name for g in space.groups if g.name not in protected]
     base = cm.cost()
-    smallest = float(
-        np.rint(
-            cm.macs(
-                min_widths(space, protected=protected, round_to=cfg.round_to, min_channels=cfg.min_channels)
-            )
-        )
+    smallest = min_widths(space, protected=protected, round_to=round_to, min_channels=cfg.min_channels)
+    require_reachable(
+        budget,
+        smallest,
+        who="magnitude",
+        round_to=round_to,
+        min_channels=cfg.min_channels,
+        protected=protected,
     )
-    if smallest > target:
-        raise PrunekitError(_unreachable(target, smallest, cfg.round_to, cfg.min_channels, protected))
-    steps = cfg.steps if target < base.macs else 1
-    targets = step_targets(base.macs, target, steps)
+    steps = cfg.steps if not budget.satisfied(space.channels) else 1
+    targets = step_budgets(budget, steps)
     opts = {
         "ranking": cfg.ranking,
         "protected": protected,
-        "round_to": cfg.round_to,
+        "round_to": round_to,
         "min_channels": cfg.min_channels,
         "spec": ctx.spec,
     }
@@ -411,11 +224,11 @@ def run(ctx: MethodContext, cfg: MagnitudeConfig) -> MethodResult:
         val = _val_top1(ctx, evaluated)
         history.append({"step": k, "macs": c.macs, "params": c.params, "val_top1": val})
         log.info(
-            "magnitude step %d/%d: %s MACs (target %s), val top1 %s",
+            "magnitude step %d/%d: %s MACs (budget %s), val top1 %s",
             k,
             steps,
             f"{c.macs:,}",
-            f"{tk:,.0f}",
+            tk.describe(),
             val,
         )
     assert final is not None
@@ -432,9 +245,9 @@ def run(ctx: MethodContext, cfg: MagnitudeConfig) -> MethodResult:
             "ranking": cfg.ranking,
             "importance": cfg.importance,
             "steps": steps,
-            "step_targets": targets,
+            "step_targets": [tk.load_limit for tk in targets],
             "base_macs": base.macs,
-            "target_macs": target,
+            "target_macs": budget.limit("macs"),
             "macs": macs_final,
             "protected": sorted(protected),
         },

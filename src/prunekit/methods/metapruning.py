@@ -4,13 +4,14 @@ Liu et al., "MetaPruning: Meta Learning for Automatic Neural Network Channel Pru
 the seed's per-model scripts (``{mobilenetv1,mobilenetv2,resnet}/{training,searching,evaluating}``) to any model a
 :class:`~prunekit.space.ChannelSpace` covers. Three phases, each resumable:
 
-1. **PruningNet training** (§3.2, :mod:`prunekit.pruningnet`). Per-layer weight generators; every batch a
+1. **PruningNet training** (§3.2, :mod:`prunekit.supernets.pruningnet`). Per-layer weight generators; every batch a
    uniformly random encoding is set (:class:`SampleSubnets`, no MACs constraint -- issue #29: all combinations are
    trained equally). Seed recipe: SGD, label smoothing 0.1, linear LR decay. Runs through
    ``ctx.train(..., tag="pruningnet")`` (checkpointed per epoch). The per-epoch ``train_top1`` is the accuracy of the
    sampled sub-networks; the per-epoch ``val_top1`` is the largest encoding's held-out accuracy *after BN
    recalibration* (the seed's validation used the shared, mixed statistics and read near zero: issues #4/#5/#14).
-2. **Evolutionary search** (§3.3, :mod:`prunekit.search.evolution`). Encoding: one gene per channel group (residual
+2. **Evolutionary search** (§3.3, :mod:`prunekit.search.evolution`). Encoding (the shared
+   :class:`~prunekit.search.encoding.GeneEncoding`, :func:`search_encoding`): one gene per channel group (residual
    ties already are one group) indexing a scale table (default 31 values 0.10 ... 1.00); kept channels
    ``legal_width(g, scale * C, mode="floor")`` (the seed's ``int(C * scale)``; ``round_to`` / ``min_channels``
    applied), first k. Per-tag bounds restrict a group's scales (``bounds: {all: [0.3, 1.0], first: [0.5, 1.0],
@@ -20,9 +21,10 @@ the seed's per-model scripts (``{mobilenetv1,mobilenetv2,resnet}/{training,searc
    >= 0.4 after the same 3 epochs). Candidates whose analytic MACs (``ctx.cost``) fall outside the
    window are rejected **before** evaluation. Fitness: held-out (val split) top-1 of the PruningNet-generated
    weights after BN recalibration on ``recal_batches`` fixed training batches (the same unaugmented batches for every
-   candidate, so fitness is deterministic and candidates are compared on equal data). The search state (population,
-   cache of evaluated encodings, RNG, history) is written to ``<out>/metapruning/search_state.json`` during every
-   iteration; a killed run resumes with the same result.
+   candidate, so fitness is deterministic and candidates are compared on equal data). The GA runs on
+   :func:`~prunekit.search.base.run_search` (objective ``-fitness``); its checkpoint (population, cache of evaluated
+   encodings, RNG, history) is written to ``<out>/metapruning/search_state.json`` during every iteration; a killed
+   run resumes with the same result, and a checkpoint of another search setup is refused.
 3. **Final training.** The best candidate becomes a :class:`~prunekit.space.Plan` (the top ``top_k`` are saved to
    ``<out>/candidates/rank01.json`` ...: never pasted by hand, issues #31/#37), the plain network is built and
    trained with ``final_train`` through ``ctx.train(..., tag="final")`` -- from scratch (``init: scratch``, the seed:
@@ -35,7 +37,7 @@ Report extras: ``extra["figures"]`` lists ``metapruning/search_curve.png`` (best
 MACs); ``extra["search"]`` holds the search statistics (evaluations, rejections, wall time, candidates/minute).
 
 Deviations from the seed (documented): one shared BN per position + per-candidate recalibration instead of 31
-per-choice BNs (the seed's evaluation recalibrates anyway, see :mod:`prunekit.pruningnet`); recalibration uses a
+per-choice BNs (the seed's evaluation recalibrates anyway, see :mod:`prunekit.supernets.pruningnet`); recalibration uses a
 cumulative average over fixed batches instead of momentum 0.1 over random ones; the MACs window is checked with the
 analytic conv+linear MAC count (the seed also counted BN/ReLU/pool elements); the generated weight is initialised
 around the reference layer's weight.
@@ -67,16 +69,19 @@ import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from prunekit.cost.budget import Budget
+from prunekit.cost.latency import resolve_round_to
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
-from prunekit.io import write_json
 from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target, require_train
-from prunekit.methods.uniform import fit_uniform, legal_width
-from prunekit.pruningnet import PruningNet
-from prunekit.search.evolution import EvolutionConfig, GeneBounds, GeneticSearch
-from prunekit.space import ChannelSpace, apply, plan_from_widths
+from prunekit.search.base import Searcher, SearchResult, run_search
+from prunekit.search.encoding import GeneEncoding, WidthGenes
+from prunekit.search.evolution import EvolutionConfig, GeneticSearch
+from prunekit.search.fit import fit_uniform
+from prunekit.space import ChannelSpace, Plan, apply, plan_from_widths
 from prunekit.space.channels import TAGS
-from prunekit.train import Callback, TrainConfig, TrainState, evaluate
+from prunekit.supernets.pruningnet import PruningNet
+from prunekit.train import Callback, TrainConfig, TrainState, evaluate, smoke_recipe
 from prunekit.train.bn import recalibrate_bn
 
 __all__ = [
@@ -84,11 +89,10 @@ __all__ = [
     "MetaPruningConfig",
     "PruningNetFitness",
     "SampleSubnets",
-    "WidthEncoding",
-    "build_encoding",
     "default_scales",
     "macs_window",
     "run",
+    "search_encoding",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,8 +102,8 @@ SEARCH_STATE = "search_state.json"
 
 
 def default_scales() -> list[float]:
-    """The seed's scale table: 31 values ``0.10, 0.13, ..., 1.00`` (step 0.03)."""
-    return [round(0.1 + 0.03 * i, 2) for i in range(31)]
+    """The seed's scale table: 31 values ``0.10, 0.13, ..., 1.00`` (step 0.03; :meth:`WidthGenes.metapruning`'s)."""
+    return list(WidthGenes.metapruning().choices)
 
 
 def _seed_pruningnet_recipe() -> TrainConfig:
@@ -127,10 +131,10 @@ class MetaPruningConfig(BaseModel):
             ``residual``, ``depthwise``, ``expansion``, ``grouped``; ``all`` = every group); a group gets the
             intersection of its tags' bounds; ``[1.0, 1.0]`` keeps a group whole.
         round_to, min_channels: kept channels are floored to a multiple of ``round_to`` and kept >= ``min_channels``
-            (:func:`~prunekit.methods.uniform.legal_width`).
+            (:func:`~prunekit.space.widths.legal_width`).
         window: MACs window ``[lo, hi]`` as fractions of the run's target MACs (default ``[0.9, 1.0]``).
         macs_window: absolute MACs window ``[min, max]`` (overrides ``window``; the seed: ResNet-50 [1950M, 2050M]).
-        hidden, hidden_block, generator_inputs, bn_affine: PruningNet options (:class:`~prunekit.pruningnet.PruningNet`).
+        hidden, hidden_block, generator_inputs, bn_affine: PruningNet options (:class:`~prunekit.supernets.pruningnet.PruningNet`).
         pruningnet_train: the PruningNet's recipe (default: the seed's MobileNetV1 recipe).
         search: GA hyper-parameters (:class:`~prunekit.search.evolution.EvolutionConfig`, seed defaults).
         random_scales: ``[lo, hi]`` scale range for the GA's random proposals only (seed ResNet: [0.46, 0.79]).
@@ -208,93 +212,24 @@ Config = MetaPruningConfig
 
 
 # ---------------------------------------------------------------------------------------------- encoding
-@dataclass
-class WidthEncoding:
-    """Genes -> widths: gene ``i`` indexes ``scales`` for channel group ``i``.
-
-    Attributes:
-        scales: float ``[K]`` scale table. table: int64 ``[G, K]`` kept channels of group ``g`` at scale ``k``.
-        bounds: per-group inclusive gene bounds (from the per-tag scale bounds).
-    """
-
-    scales: np.ndarray
-    table: np.ndarray
-    bounds: GeneBounds
-
-    def widths(self, genes: np.ndarray) -> np.ndarray:
-        """Kept channels for genes ``[G]`` or ``[N, G]`` (int64, same shape)."""
-        g = np.asarray(genes, dtype=np.int64)
-        return self.table[np.arange(self.table.shape[0]), g]
-
-    def scale(self, genes: np.ndarray) -> np.ndarray:
-        """Scale values of genes ``[G]`` or ``[N, G]``."""
-        return self.scales[np.asarray(genes, dtype=np.int64)]
-
-    def canonical(self, genes: np.ndarray) -> np.ndarray:
-        """Map genes ``[G]`` or ``[N, G]`` to the smallest allowed gene of the same width (scales that round to
-        the same channel count are one candidate)."""
-        g = np.asarray(genes, dtype=np.int64)
-        return self._canon[np.arange(self.table.shape[0]), g]
-
-    def __post_init__(self) -> None:
-        canon = np.tile(np.arange(self.table.shape[1], dtype=np.int64), (self.table.shape[0], 1))
-        for i in range(self.table.shape[0]):
-            for k in range(1, self.table.shape[1]):
-                if self.table[i, k] == self.table[i, k - 1] and k - 1 >= self.bounds.low[i]:
-                    canon[i, k] = canon[i, k - 1]
-        self._canon = canon
-
-
-def build_encoding(
-    space: ChannelSpace,
-    scales: list[float] | np.ndarray,
-    *,
-    bounds: dict[str, tuple[float, float]] | None = None,
-    round_to: int = 1,
-    min_channels: int = 1,
-) -> WidthEncoding:
-    """The MetaPruning search space over ``space``: one gene per channel group (see the module docstring).
+def search_encoding(space: ChannelSpace, cfg: MetaPruningConfig) -> GeneEncoding:
+    """The MetaPruning search space over ``space`` (see the module docstring) as the shared
+    :class:`~prunekit.search.encoding.GeneEncoding`: one width gene per channel group indexing ``cfg.scales``,
+    kept channels ``legal_width(g, scale * C, mode="floor")`` with ``cfg.round_to`` / ``cfg.min_channels``, per-tag
+    ``cfg.bounds`` (:meth:`~prunekit.search.encoding.WidthGenes.metapruning`).
 
     Raises:
         PrunekitError: a group's tag bounds leave no scale of the table.
     """
-    sc = np.asarray(scales, dtype=np.float64)
-    table = np.array(
-        [
-            [
-                legal_width(g, s * g.channels, round_to=round_to, min_channels=min_channels, mode="floor")
-                for s in sc
-            ]
-            for g in space.groups
-        ],
-        dtype=np.int64,
-    ).reshape(len(space.groups), len(sc))
-    low = np.zeros(len(space.groups), dtype=np.int64)
-    high = np.full(len(space.groups), len(sc) - 1, dtype=np.int64)
-    for i, g in enumerate(space.groups):
-        lo, hi = 0.0, 1.0
-        for tag in ["all", *sorted(g.tags)]:
-            if bounds and tag in bounds:
-                lo, hi = max(lo, bounds[tag][0]), min(hi, bounds[tag][1])
-        ok = np.flatnonzero((sc >= lo - 1e-9) & (sc <= hi + 1e-9))
-        if ok.size == 0:
-            raise PrunekitError(
-                f"channel group {g.name!r} (tags {', '.join(sorted(g.tags)) or 'none'}): the bounds [{lo}, {hi}] "
-                "contain no value of the scale table; widen bounds or add scales"
-            )
-        low[i], high[i] = ok[0], ok[-1]
-    return WidthEncoding(scales=sc, table=table, bounds=GeneBounds(low, high))
-
-
-def _random_bounds(enc: WidthEncoding, rs: tuple[float, float] | None) -> GeneBounds | None:
-    if rs is None:
-        return None
-    ok = np.flatnonzero((enc.scales >= rs[0] - 1e-9) & (enc.scales <= rs[1] + 1e-9))
-    if ok.size == 0:
-        raise PrunekitError(f"random_scales {list(rs)} contain no value of the scale table")
-    low = np.clip(ok[0], enc.bounds.low, enc.bounds.high)
-    high = np.clip(ok[-1], enc.bounds.low, enc.bounds.high)
-    return GeneBounds(low, np.maximum(low, high))
+    return GeneEncoding.build(
+        space,
+        widths=WidthGenes.metapruning(
+            cfg.scales,
+            bounds=cfg.bounds,
+            round_to=resolve_round_to(cfg.round_to),
+            min_channels=cfg.min_channels,
+        ),
+    )
 
 
 def macs_window(cfg: MetaPruningConfig, target_macs: float) -> tuple[float, float]:
@@ -321,7 +256,7 @@ class SampleSubnets(Callback):
     def __init__(
         self,
         pnet: PruningNet,
-        enc: WidthEncoding,
+        enc: GeneEncoding,
         cost: CostModel,
         seed: int,
         *,
@@ -339,7 +274,7 @@ class SampleSubnets(Callback):
 
     def on_batch_begin(self, state: TrainState, batch: tuple[Any, Any]) -> None:
         genes = self.enc.bounds.random(np.random.default_rng([self.seed, state.step]), 1)[0]
-        widths = self.enc.widths(genes)
+        widths = self.enc.decode_widths(genes)
         self.pnet.set_widths(widths)
         self._ratio = float(self.cost.macs(widths)) / self.base
         return None
@@ -354,7 +289,7 @@ class SampleSubnets(Callback):
         last = min(state.steps_per_epoch, state.total_steps - state.epoch * state.steps_per_epoch)
         evaluated = (state.epoch + 1) % state.cfg.eval_every == 0 or state.epoch + 1 == state.num_epochs
         if state.batch_idx == last - 1 and evaluated:
-            self.pnet.set_widths(self.enc.widths(self.enc.bounds.high))
+            self.pnet.set_widths(self.enc.decode_widths(self.enc.high))
             if self.recal_loader is not None and self.recal_batches > 0:
                 recalibrate_bn(self.pnet, self.recal_loader, batches=self.recal_batches, device=state.device)
 
@@ -386,7 +321,7 @@ class PruningNetFitness:
     def __init__(
         self,
         pnet: PruningNet,
-        enc: WidthEncoding,
+        enc: GeneEncoding,
         recal_loader: Any,
         val_loader: Any,
         *,
@@ -401,7 +336,7 @@ class PruningNetFitness:
 
     def prepare(self, genes: np.ndarray) -> PruningNet:
         """Set ``genes`` on the PruningNet and recalibrate its BN statistics; returns the PruningNet (eval mode)."""
-        self.pnet.set_widths(self.enc.widths(genes))
+        self.pnet.set_widths(self.enc.decode_widths(genes))
         recalibrate_bn(self.pnet, self.recal_loader, batches=self.recal_batches, device=self.device)
         return self.pnet.eval()
 
@@ -412,19 +347,9 @@ class PruningNetFitness:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _shrunk(tc: TrainConfig, epochs: float) -> TrainConfig:
-    e = min(tc.epochs, epochs)
-    return tc.model_copy(
-        update={
-            "epochs": e,
-            "warmup_epochs": min(tc.warmup_epochs, e / 2),
-            "milestones": [m for m in tc.milestones if m < e],
-        }
-    )
-
-
 def _smoke_config(cfg: MetaPruningConfig) -> MetaPruningConfig:
-    """A tiny version of ``cfg`` for ``--smoke`` runs (one epoch per training, a two-iteration search)."""
+    """A tiny version of ``cfg`` for ``--smoke`` runs (one epoch per training: :func:`~prunekit.train.smoke_recipe`;
+    a two-iteration search)."""
     s = cfg.search
     pop = min(s.population, 6)
     search = s.model_copy(
@@ -438,8 +363,8 @@ def _smoke_config(cfg: MetaPruningConfig) -> MetaPruningConfig:
     )
     return cfg.model_copy(
         update={
-            "pruningnet_train": _shrunk(cfg.pruningnet_train, 1.0),
-            "final_train": _shrunk(cfg.final_train, 1.0) if cfg.final_train is not None else None,
+            "pruningnet_train": smoke_recipe(cfg.pruningnet_train, 1.0),
+            "final_train": smoke_recipe(cfg.final_train, 1.0) if cfg.final_train is not None else None,
             "search": search,
             "recal_batches": min(cfg.recal_batches, 2),
             "eval_batches": min(cfg.eval_batches or 2, 2),
@@ -481,27 +406,263 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _load_search(path: Path, fingerprint: str, ga: GeneticSearch) -> bool:
-    if not path.is_file():
-        return False
+def _check_inputs(
+    ctx: MethodContext, cfg: MetaPruningConfig, target: float
+) -> tuple[GeneEncoding, float, float]:
+    """The search space and the MACs window ``(enc, lo, hi)``, after checking the run can do MetaPruning."""
+    if getattr(ctx.data, "val", None) is None:
+        raise PrunekitError("metapruning scores candidates on a held-out split: set data.val_fraction > 0")
+    require_train(ctx, "metapruning")
+    lo, hi = macs_window(cfg, target)
+    enc = search_encoding(ctx.space, cfg)
+    Budget.of_macs(ctx.cost, hi).require_reachable(
+        enc.decode_widths(enc.low),
+        who="metapruning",
+        how="every group at the lowest scale its bounds allow",
+        fix="raise the target or the window, or lower the scale bounds",
+    )
+    smallest = float(np.rint(ctx.cost.macs(enc.decode_widths(enc.low))))
+    largest = float(np.rint(ctx.cost.macs(enc.decode_widths(enc.high))))
+    if largest < lo:
+        raise PrunekitError(
+            f"MACs window [{lo:,.0f}, {hi:,.0f}] is outside what the search space reaches ([{smallest:,.0f}, "
+            f"{largest:,.0f}] MACs with these scales / bounds); change target, window or bounds"
+        )
+    return enc, lo, hi
+
+
+@dataclass
+class _PruningNetPhase:
+    pnet: PruningNet
+    recal_loader: Any
+    last_epoch: dict[str, Any]
+    wall_s: float
+
+
+def _train_pruningnet(ctx: MethodContext, cfg: MetaPruningConfig, enc: GeneEncoding) -> _PruningNetPhase:
+    """Phase 1: build the PruningNet on the reference architecture and train it on random encodings."""
+    t0 = time.perf_counter()
+    reference = ctx.model if cfg.pruningnet_init == "model" else _fresh_model(ctx)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        pnet = PruningNet(
+            reference,
+            ctx.space,
+            hidden=cfg.hidden,
+            hidden_block=cfg.hidden_block,
+            inputs=cfg.generator_inputs,
+            bn_affine=cfg.bn_affine,
+        )
+    recal_loader = _recal_loader(ctx, cfg.recal_batch_size)
+    sampler = SampleSubnets(
+        pnet, enc, ctx.cost, seed=ctx.seed, recal_loader=recal_loader, recal_batches=cfg.recal_batches
+    )
+    pres = ctx.train(pnet, cfg.pruningnet_train, tag="pruningnet", callbacks=[sampler], select="last")
+    last = pres.history[-1] if pres.history else {}
+    log.info(
+        "metapruning: PruningNet trained (%d generator params), sampled-subnet train top1 %.2f%%",
+        pnet.generator_params(),
+        100 * float(last.get("train_top1") or 0.0),
+    )
+    return _PruningNetPhase(pnet, recal_loader, last, time.perf_counter() - t0)
+
+
+def _search(
+    ctx: MethodContext,
+    cfg: MetaPruningConfig,
+    enc: GeneEncoding,
+    fitness: PruningNetFitness,
+    window: tuple[float, float],
+) -> tuple[GeneticSearch, SearchResult]:
+    """Phase 2: the GA over ``enc`` within the MACs window, maximising ``fitness`` (resumed from
+    ``<out>/metapruning/search_state.json`` when it exists)."""
+    lo, hi = window
+    cm = ctx.cost
+
+    def feasible(genes: np.ndarray) -> np.ndarray:
+        m = np.rint(cm.macs(enc.decode_widths(genes)))
+        return (m >= lo) & (m <= hi)
+
+    def on_iteration(g: Searcher, _: dict[str, Any]) -> None:
+        row = ga.history[-1]
+        log.info(
+            "metapruning search %d/%d: best %.2f%%, mean %.2f%%, %d evaluated, %d rejected by the MACs window",
+            row["iteration"],
+            cfg.search.iterations,
+            100 * row["best"],
+            100 * (row["mean"] if row["mean"] is not None else float("nan")),
+            row["evaluated"],
+            row["rejected"],
+        )
+
+    random_bounds = None  # the GA's random proposals: only the scales in random_scales (when set)
+    if cfg.random_scales is not None:
+        try:
+            random_bounds = enc.restrict_widths(*cfg.random_scales)
+        except PrunekitError:
+            raise PrunekitError(
+                f"random_scales {list(cfg.random_scales)} contain no value of the scale table"
+            ) from None
+    ga = GeneticSearch(
+        enc.bounds,
+        cfg.search,
+        seed=ctx.seed,
+        random_bounds=random_bounds,
+        canonical=enc.canonical,
+    )
+    fp = _fingerprint(
+        cfg.model_dump(mode="json", exclude={"final_train", "init", "top_k"}), [lo, hi], enc.table, ctx.seed
+    )
+    res = run_search(
+        ga,
+        lambda genes: -fitness(genes),  # the protocol minimises: objective = -val top-1
+        feasible=feasible,
+        checkpoint=Path(ctx.out_dir) / SEARCH_DIR / SEARCH_STATE,
+        fingerprint=fp,
+        checkpoint_every=cfg.search.checkpoint_every,
+        on_generation=on_iteration,
+        desc="metapruning search",
+    )
+    if not ga.cache:
+        raise PrunekitError("metapruning search evaluated no candidate; widen the MACs window")
+    return ga, res
+
+
+def _save_candidates(
+    ctx: MethodContext, enc: GeneEncoding, ranked: list[tuple[np.ndarray, float]]
+) -> list[str]:
+    """Save the top-k candidates as plans ``<out>/candidates/rank01.json ...``; returns their relative paths."""
+    out = Path(ctx.out_dir)
+    files = []
+    for rank, (genes, fit) in enumerate(ranked, 1):
+        plan = plan_from_widths(ctx.space, enc.decode_widths(genes), spec=ctx.spec)
+        c = ctx.cost.cost(plan)
+        plan.meta.update(
+            {
+                "method": "metapruning",
+                "rank": rank,
+                "fitness_val_top1": fit,
+                "macs": c.macs,
+                "params": c.params,
+                "genes": [int(v) for v in genes],
+                "scales": [float(s) for s in enc.decode_ratios(genes)],
+            }
+        )
+        fname = out / "candidates" / f"rank{rank:02d}.json"
+        plan.save(fname)
+        files.append(str(fname.relative_to(out)))
+    return files
+
+
+def _final_network(
+    ctx: MethodContext,
+    cfg: MetaPruningConfig,
+    enc: GeneEncoding,
+    pnet: PruningNet,
+    fitness: PruningNetFitness,
+    genes: np.ndarray,
+    fit: float,
+) -> tuple[Plan, nn.Module, float | None]:
+    """Phase 3: the plain network of ``genes`` (from scratch or the PruningNet's weights), trained with
+    ``final_train`` when set; returns ``(plan, model, val top-1 before training with init: pruningnet)``."""
+    widths = enc.decode_widths(genes)
+    plan = plan_from_widths(ctx.space, widths, spec=ctx.spec)
+    if cfg.init == "pruningnet":
+        fitness.prepare(genes)
+        model, _ = pnet.subnet(widths)
+        model.train()
+    else:
+        model = apply(_fresh_model(ctx), plan, ctx.space)
+    init_val = None
+    if cfg.final_train is not None:
+        if cfg.init == "pruningnet":
+            init_val = float(ctx.evaluate(model, "val")["top1"])
+        ctx.train(model, cfg.final_train, tag="final")
+    plan.meta.update(
+        {
+            "method": "metapruning",
+            "fitness_val_top1": fit,
+            "genes": [int(v) for v in genes],
+            "scales": [float(s) for s in enc.decode_ratios(genes)],
+            "init": cfg.init,
+        }
+    )
+    return plan, model, init_val
+
+
+def _search_history(ga: GeneticSearch, enc: GeneEncoding, cm: CostModel) -> list[dict[str, Any]]:
+    """One row per search iteration ``{iteration, best_val_top1, mean_val_top1, best_macs, evaluated,
+    rejected}`` (``best_macs``: MACs of the best candidate so far)."""
+    items = list(ga.cache.items())  # evaluation order
+    history, best_i, done = [], -1, 0
+    for row in ga.history:
+        for j in range(done, row["evaluated"]):  # best so far = best of the first `evaluated` evaluations
+            if best_i < 0 or items[j][1] > items[best_i][1]:
+                best_i = j
+        done = row["evaluated"]
+        history.append(
+            {
+                "iteration": row["iteration"],
+                "best_val_top1": row["best"],
+                "mean_val_top1": row["mean"],
+                "best_macs": int(np.rint(cm.macs(enc.decode_widths(np.array(items[best_i][0]))))),
+                "evaluated": row["evaluated"],
+                "rejected": row["rejected"],
+            }
+        )
+    return history
+
+
+def _figures(
+    ctx: MethodContext, cfg: MetaPruningConfig, history: list[dict[str, Any]], widths: np.ndarray, macs: float
+) -> dict[str, str]:
+    """Draw the search curve and the chosen widths under ``<out>/metapruning/``; returns their relative paths
+    (figures are a convenience: a failure is logged, never raised)."""
+    out = Path(ctx.out_dir)
+    sdir = out / SEARCH_DIR
+    space = ctx.space
+    figures = {}
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        log.warning("metapruning: unreadable search state %s; starting the search afresh", path)
-        return False
-    if saved.get("fingerprint") != fingerprint:
-        log.warning("metapruning: %s belongs to a different search setup; starting the search afresh", path)
-        return False
-    ga.load_state_dict(saved["ga"])
-    return True
+        figures["search_curve"] = str(plot_search_curve(history, sdir / "search_curve.png").relative_to(out))
+        try:
+            _, uni = fit_uniform(
+                space,
+                ctx.cost,
+                float(macs),
+                round_to=resolve_round_to(cfg.round_to),
+                min_channels=cfg.min_channels,
+            )
+        except PrunekitError:
+            uni = None
+        figures["widths"] = str(
+            plot_widths(space.names(), space.channels, widths, uni, sdir / "widths.png").relative_to(out)
+        )
+    except (ImportError, OSError) as exc:
+        log.warning("metapruning: could not draw the figures (%s)", exc)
+    return figures
+
+
+def _search_stats(ga: GeneticSearch, res: SearchResult) -> dict[str, Any]:
+    evals_min = ga.evaluated / (res.eval_seconds / 60.0) if res.eval_seconds > 0 else None
+    return {
+        "iterations": ga.iteration,
+        "evaluated": ga.evaluated,
+        "rejected": ga.rejected + res.rejected,
+        "duplicates": ga.duplicates,
+        "proposed": ga.proposed,
+        "eval_seconds": round(res.eval_seconds, 2),
+        "candidates_per_min": round(evals_min, 2) if evals_min is not None else None,
+        "wall_s_this_process": round(res.wall_s, 2),
+        "resumed": res.resumed,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- figures
 def plot_search_curve(history: list[dict[str, Any]], path: Path) -> Path:
     """Write the search curve (best-so-far and population-mean fitness, top-1 %, per iteration) as a PNG."""
-    from prunekit.report import _new_figure, _png_bytes, _write_bytes
+    from prunekit.report import new_figure, png_bytes, write_bytes
 
-    fig = _new_figure((6.0, 3.6))
+    fig = new_figure((6.0, 3.6))
     ax = fig.add_subplot(1, 1, 1)
     it = [r["iteration"] for r in history]
     ax.plot(it, [100 * r["best_val_top1"] for r in history], "o-", label="best so far", gid="best")
@@ -513,7 +674,7 @@ def plot_search_curve(history: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("MetaPruning evolutionary search")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    _write_bytes(path, _png_bytes(fig))
+    write_bytes(path, png_bytes(fig))
     return path
 
 
@@ -522,10 +683,10 @@ def plot_widths(
 ) -> Path:
     """Write a bar chart of the chosen kept channels per group against the reference widths (and a uniform-width
     model of the same MACs, when given) as a PNG."""
-    from prunekit.report import _new_figure, _png_bytes, _write_bytes
+    from prunekit.report import new_figure, png_bytes, write_bytes
 
     n = len(names)
-    fig = _new_figure((max(6.0, 0.35 * n + 2.0), 4.0))
+    fig = new_figure((max(6.0, 0.35 * n + 2.0), 4.0))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(n)
     ax.bar(x, reference, color="#dddddd", edgecolor="#888888", label="reference", gid="reference")
@@ -539,7 +700,7 @@ def plot_widths(
     ax.set_ylabel("channels")
     ax.set_title("kept channels per group")
     ax.legend(fontsize=8)
-    _write_bytes(path, _png_bytes(fig))
+    write_bytes(path, png_bytes(fig))
     return path
 
 
@@ -557,225 +718,60 @@ def run(ctx: MethodContext, cfg: MetaPruningConfig) -> MethodResult:
 
     Raises:
         PrunekitError: no target; no validation split; the window is unreachable in the search space (message
-            gives the reachable MACs range); bounds leave a group no scale; the model cannot be cropped.
+            gives the reachable MACs range); bounds leave a group no scale; the model cannot be cropped; the search
+            checkpoint belongs to another setup.
     """
     target = require_target(ctx, "metapruning")
     if ctx.smoke:
         cfg = _smoke_config(cfg)
-    space, cm = ctx.space, ctx.cost
-    if getattr(ctx.data, "val", None) is None:
-        raise PrunekitError("metapruning scores candidates on a held-out split: set data.val_fraction > 0")
-    require_train(ctx, "metapruning")
-    lo, hi = macs_window(cfg, target)
-    enc = build_encoding(
-        space, cfg.scales, bounds=cfg.bounds, round_to=cfg.round_to, min_channels=cfg.min_channels
-    )
-    smallest = float(np.rint(cm.macs(enc.widths(enc.bounds.low))))
-    largest = float(np.rint(cm.macs(enc.widths(enc.bounds.high))))
-    if smallest > hi or largest < lo:
-        raise PrunekitError(
-            f"MACs window [{lo:,.0f}, {hi:,.0f}] is outside what the search space reaches ([{smallest:,.0f}, "
-            f"{largest:,.0f}] MACs with these scales / bounds); change target, window or bounds"
-        )
-    base_macs = float(cm.cost().macs)
-    out = Path(ctx.out_dir)
-    sdir = out / SEARCH_DIR
+    enc, lo, hi = _check_inputs(ctx, cfg, target)
 
-    # ---- 1. PruningNet
-    t0 = time.perf_counter()
-    reference = ctx.model if cfg.pruningnet_init == "model" else _fresh_model(ctx)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed)
-        pnet = PruningNet(
-            reference,
-            space,
-            hidden=cfg.hidden,
-            hidden_block=cfg.hidden_block,
-            inputs=cfg.generator_inputs,
-            bn_affine=cfg.bn_affine,
-        )
-    ptc = cfg.pruningnet_train
-    recal_loader = _recal_loader(ctx, cfg.recal_batch_size)
-    sampler = SampleSubnets(
-        pnet, enc, cm, seed=ctx.seed, recal_loader=recal_loader, recal_batches=cfg.recal_batches
-    )
-    pres = ctx.train(pnet, ptc, tag="pruningnet", callbacks=[sampler], select="last")
-    pnet_s = time.perf_counter() - t0
-    last = pres.history[-1] if pres.history else {}
-    log.info(
-        "metapruning: PruningNet trained (%d generator params), sampled-subnet train top1 %.2f%%",
-        pnet.generator_params(),
-        100 * float(last.get("train_top1") or 0.0),
-    )
+    # 1. PruningNet: weight generators trained on uniformly random encodings
+    pn = _train_pruningnet(ctx, cfg, enc)
 
-    # ---- 2. search
+    # 2. evolutionary search: fitness = val top-1 of the generated weights after BN recalibration
     fitness = PruningNetFitness(
-        pnet,
+        pn.pnet,
         enc,
-        recal_loader,
+        pn.recal_loader,
         ctx.data.val,
         recal_batches=cfg.recal_batches,
         eval_batches=cfg.eval_batches,
         device=ctx.device,
     )
-
-    def feasible(genes: np.ndarray) -> np.ndarray:
-        m = np.rint(cm.macs(enc.widths(genes)))
-        return (m >= lo) & (m <= hi)
-
-    ga = GeneticSearch(
-        enc.bounds,
-        cfg.search,
-        feasible=feasible,
-        seed=ctx.seed,
-        random_bounds=_random_bounds(enc, cfg.random_scales),
-        canonical=enc.canonical,
-    )
-    fp = _fingerprint(
-        cfg.model_dump(mode="json", exclude={"final_train", "init", "top_k"}), [lo, hi], enc.table, ctx.seed
-    )
-    state_path = sdir / SEARCH_STATE
-    resumed = _load_search(state_path, fp, ga)
-    if resumed:
-        log.info(
-            "metapruning: resuming the search at iteration %d (%d evaluated)", ga.iteration + 1, ga.evaluated
-        )
-
-    def checkpoint(g: GeneticSearch) -> None:
-        write_json(state_path, {"fingerprint": fp, "ga": g.state_dict()})
-
-    def on_iteration(g: GeneticSearch, row: dict[str, Any]) -> None:
-        log.info(
-            "metapruning search %d/%d: best %.2f%%, mean %.2f%%, %d evaluated, %d rejected by the MACs window",
-            row["iteration"],
-            g.cfg.iterations,
-            100 * row["best"],
-            100 * (row["mean"] if row["mean"] is not None else float("nan")),
-            row["evaluated"],
-            row["rejected"],
-        )
-
-    t1 = time.perf_counter()
-    ga.run(fitness, checkpoint=checkpoint, on_iteration=on_iteration)
-    search_s = time.perf_counter() - t1
+    ga, res = _search(ctx, cfg, enc, fitness, (lo, hi))
     ranked = ga.top(cfg.top_k)
-    if not ranked:
-        raise PrunekitError("metapruning search evaluated no candidate; widen the MACs window")
+    cand_files = _save_candidates(ctx, enc, ranked)
 
-    # ---- top-k plans
-    cand_files = []
-    for rank, (genes, fit) in enumerate(ranked, 1):
-        w = enc.widths(genes)
-        plan = plan_from_widths(space, w, spec=ctx.spec)
-        c = cm.cost(plan)
-        plan.meta.update(
-            {
-                "method": "metapruning",
-                "rank": rank,
-                "fitness_val_top1": fit,
-                "macs": c.macs,
-                "params": c.params,
-                "genes": [int(v) for v in genes],
-                "scales": [float(s) for s in enc.scale(genes)],
-            }
-        )
-        fname = out / "candidates" / f"rank{rank:02d}.json"
-        plan.save(fname)
-        cand_files.append(str(fname.relative_to(out)))
-
-    # ---- 3. final network
+    # 3. the best candidate as a plain network, trained by final_train (or by the run's finetune phase)
     best_genes, best_fit = ranked[0]
-    widths = enc.widths(best_genes)
-    plan = plan_from_widths(space, widths, spec=ctx.spec)
-    if cfg.init == "pruningnet":
-        fitness.prepare(best_genes)
-        model, _ = pnet.subnet(widths)
-        model.train()
-    else:
-        model = apply(_fresh_model(ctx), plan, space)
-    init_val = None
+    plan, model, init_val = _final_network(ctx, cfg, enc, pn.pnet, fitness, best_genes, best_fit)
+    cost = ctx.cost.cost(plan)
+    widths = enc.decode_widths(best_genes)
+    history = _search_history(ga, enc, ctx.cost)
     trained = cfg.final_train is not None
-    if trained:
-        assert cfg.final_train is not None
-        if cfg.init == "pruningnet":
-            init_val = float(ctx.evaluate(model, "val")["top1"])
-        ctx.train(model, cfg.final_train, tag="final")
-    cost = cm.cost(plan)
-    plan.meta.update(
-        {
-            "method": "metapruning",
-            "fitness_val_top1": best_fit,
-            "genes": [int(v) for v in best_genes],
-            "scales": [float(s) for s in enc.scale(best_genes)],
-            "init": cfg.init,
-        }
-    )
-
-    # ---- history, figures, extras
-    items = list(ga.cache.items())  # evaluation order
-    history, best_i, done = [], -1, 0
-    for row in ga.history:
-        for j in range(done, row["evaluated"]):  # best so far = best of the first `evaluated` evaluations
-            if best_i < 0 or items[j][1] > items[best_i][1]:
-                best_i = j
-        done = row["evaluated"]
-        history.append(
-            {
-                "iteration": row["iteration"],
-                "best_val_top1": row["best"],
-                "mean_val_top1": row["mean"],
-                "best_macs": int(np.rint(cm.macs(enc.widths(np.array(items[best_i][0]))))),
-                "evaluated": row["evaluated"],
-                "rejected": row["rejected"],
-            }
-        )
-    figures = {}
-    try:
-        figures["search_curve"] = str(plot_search_curve(history, sdir / "search_curve.png").relative_to(out))
-        try:
-            _, uni = fit_uniform(
-                space, cm, float(cost.macs), round_to=cfg.round_to, min_channels=cfg.min_channels
-            )
-        except PrunekitError:
-            uni = None
-        figures["widths"] = str(
-            plot_widths(space.names(), space.channels, widths, uni, sdir / "widths.png").relative_to(out)
-        )
-    except (ImportError, OSError) as exc:  # figures are a convenience: never fail the run for them
-        log.warning("metapruning: could not draw the figures (%s)", exc)
-    evals_min = ga.evaluated / (ga.eval_seconds / 60.0) if ga.eval_seconds > 0 else None
     extra = {
         "target_macs": target,
         "macs_window": [lo, hi],
-        "base_macs": base_macs,
+        "base_macs": float(ctx.cost.cost().macs),
         "macs": cost.macs,
         "chosen": {
             "fitness_val_top1": best_fit,
             "widths": [int(v) for v in widths],
-            "scales": [float(s) for s in enc.scale(best_genes)],
+            "scales": [float(s) for s in enc.decode_ratios(best_genes)],
             "init": cfg.init,
             "init_val_top1": init_val,
         },
-        "search": {
-            "iterations": ga.iteration,
-            "evaluated": ga.evaluated,
-            "rejected": ga.rejected,
-            "duplicates": ga.duplicates,
-            "proposed": ga.proposed,
-            "eval_seconds": round(ga.eval_seconds, 2),
-            "candidates_per_min": round(evals_min, 2) if evals_min is not None else None,
-            "wall_s_this_process": round(search_s, 2),
-            "resumed": resumed,
-        },
+        "search": _search_stats(ga, res),
         "pruningnet": {
-            "generator_params": pnet.generator_params(),
+            "generator_params": pn.pnet.generator_params(),
             "reference_params": int(sum(p.numel() for p in ctx.model.parameters())),
-            "epochs": ptc.epochs,
-            "last_epoch_subnet_train_top1": last.get("train_top1"),
-            "wall_s_this_process": round(pnet_s, 2),
+            "epochs": cfg.pruningnet_train.epochs,
+            "last_epoch_subnet_train_top1": pn.last_epoch.get("train_top1"),
+            "wall_s_this_process": round(pn.wall_s, 2),
         },
         "candidates": cand_files,
-        "figures": figures,
+        "figures": _figures(ctx, cfg, history, widths, cost.macs),
         "trained_by": "final_train" if trained else "finetune",
     }
     return MethodResult(plan=plan, model=model, history=history, trained=trained, extra=extra)

@@ -11,36 +11,39 @@ better) and cached; the parents of the next iteration are the best ``parents`` o
 Seed defaults: population 50, parents 10, 25 mutations (probability 0.1), 25 crossovers, 20 iterations (at most
 1,000 evaluations); mutation / crossover stop after ``10 x`` their count in proposals (the seed's retry limits).
 
-The pieces are written for reuse by other searchers over integer genes with per-gene bounds (NSGA-II, JCW):
-:class:`GeneBounds` (bounds, random / mutation / crossover operators on ``numpy`` Generators), the cache of
-evaluated encodings with insertion order, and :class:`GeneticSearch`, which only needs ``feasible(genes [N, G]) ->
-bool [N]`` and ``evaluate(genes [G]) -> float``.
+:class:`GeneticSearch` implements the :class:`~prunekit.search.base.Searcher` protocol: one ``ask`` / ``tell``
+round per iteration (``ask`` returns the iteration's population, ``tell`` its objectives: minimised, so the
+objective is ``-fitness``); :func:`~prunekit.search.base.run_search` drives it, caches, checkpoints and resumes.
+The constraint is a *screening* predicate here (:meth:`~prunekit.search.base.Searcher.bind_feasible`, or the
+``feasible`` argument): the seed's retry limits count infeasible proposals, so they are filtered while proposing and
+the loop's own check never rejects a GA candidate. The gene operators are
+:class:`~prunekit.search.genes.GeneBounds` (re-exported here).
 
 **Resume.** All randomness comes from one ``numpy.random.Generator`` (PCG64) seeded from the config; its state, the
-cache, the pending population of the current iteration and the history are in :meth:`GeneticSearch.state_dict`
-(plain JSON data). :meth:`GeneticSearch.run` calls a checkpoint hook after proposing each population, every
-``checkpoint_every`` evaluations and after each iteration; a search restored from any of those checkpoints and run
-to the end gives exactly the result of an uninterrupted run, provided ``evaluate`` is deterministic.
+cache of evaluated encodings, the pending population of the current iteration and the history are in
+:meth:`GeneticSearch.state_dict` (plain JSON data). ``run_search(..., checkpoint=path)`` saves it after proposing
+each population, every ``checkpoint_every`` evaluations and after each iteration; a search restored from any of
+those checkpoints gives exactly the result of an uninterrupted run, provided the evaluation is deterministic.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prunekit.errors import PrunekitError
+from prunekit.search.base import Feasible, Searcher, as_objectives
+from prunekit.search.genes import GeneBounds, new_rng, rng_from_state, rng_state
 
 __all__ = ["EvolutionConfig", "GeneBounds", "GeneticSearch", "STATE_FORMAT"]
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = "prunekit.search.evolution/1"
+STATE_FORMAT = "prunekit.search.evolution/2"
 
 
 class EvolutionConfig(BaseModel):
@@ -55,7 +58,8 @@ class EvolutionConfig(BaseModel):
         retry_factor: mutation / crossover give up after ``retry_factor x`` their count in proposals (seed 10).
         random_tries: random fill gives up after this many proposals per missing candidate (the random fill of a
             narrow window may need many proposals; they are cheap, vectorised constraint checks).
-        checkpoint_every: call the checkpoint hook every this many evaluations (besides once per iteration).
+        checkpoint_every: checkpoint every this many evaluations (besides once per iteration; the
+            ``checkpoint_every`` of :func:`~prunekit.search.base.run_search`).
         seed: RNG seed; None = the run's seed.
     """
 
@@ -81,56 +85,14 @@ class EvolutionConfig(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
-class GeneBounds:
-    """Inclusive integer bounds per gene, ``low`` / ``high`` int64 ``[G]``, and the variation operators.
-
-    Every operator returns int64 arrays ``[N, G]`` within the bounds; genes with ``low == high`` never change.
-    """
-
-    low: np.ndarray
-    high: np.ndarray
-
-    def __post_init__(self) -> None:
-        lo, hi = np.asarray(self.low, dtype=np.int64), np.asarray(self.high, dtype=np.int64)
-        if lo.ndim != 1 or lo.shape != hi.shape or (hi < lo).any():
-            raise ValueError("gene bounds must be 1-D int arrays of equal length with low <= high")
-        object.__setattr__(self, "low", lo)
-        object.__setattr__(self, "high", hi)
-
-    @property
-    def size(self) -> int:
-        return int(self.low.size)
-
-    def random(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` uniformly random encodings."""
-        return rng.integers(self.low, self.high + 1, size=(n, self.size), dtype=np.int64)
-
-    def mutate(self, rng: np.random.Generator, parents: np.ndarray, prob: float) -> np.ndarray:
-        """Seed mutation of each row of ``parents`` ``[N, G]``: every gene with probability ``prob`` moves to a
-        different value, ``low + (old - low + r) mod n`` with ``r`` uniform in ``1..n-1``."""
-        n = self.high - self.low + 1
-        hit = (rng.random(parents.shape) < prob) & (n > 1)
-        r = rng.integers(1, np.maximum(n, 2), size=parents.shape)  # in 1..n-1
-        moved = self.low + (parents - self.low + r) % n
-        return np.where(hit, moved, parents).astype(np.int64)
-
-    def crossover(self, rng: np.random.Generator, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Uniform crossover: each gene from ``a`` or ``b`` (``[N, G]`` each) with probability 1/2."""
-        return np.where(rng.random(a.shape) < 0.5, a, b).astype(np.int64)
-
-
-Feasible = Callable[[np.ndarray], np.ndarray]
-Evaluate = Callable[[np.ndarray], float]
-
-
-class GeneticSearch:
+class GeneticSearch(Searcher):
     """The MetaPruning GA over integer encodings (see the module docstring), one iteration at a time.
 
     Args:
         bounds: per-gene inclusive bounds.
         cfg: :class:`EvolutionConfig`.
-        feasible: ``feasible(genes int64 [N, G]) -> bool [N]``; infeasible proposals are never evaluated.
+        feasible: ``feasible(genes int64 [N, G]) -> bool [N]``; infeasible proposals are never evaluated (None:
+            the predicate ``run_search(feasible=...)`` binds, or no constraint).
         seed: RNG seed (``cfg.seed`` wins when set).
         random_bounds: optional narrower bounds for the random proposals only (the seed's ResNet samples ids in
             ``[12, 24)``); mutation / crossover use ``bounds``.
@@ -138,24 +100,26 @@ class GeneticSearch:
             candidate onto one representative (e.g. scales that round to the same width); applied to every proposal
             before the duplicate check, so no candidate is evaluated twice under two spellings.
 
-    Typical use::
+    Typical use (fitness is maximised, the protocol minimises: tell ``-fitness``)::
 
-        ga = GeneticSearch(bounds, cfg, feasible=fits_budget, seed=0)
-        ga.load_state_dict(saved)                 # optional: resume
-        ga.run(evaluate, checkpoint=lambda ga: write_json(path, ga.state_dict()))
+        ga = GeneticSearch(bounds, cfg, seed=0)
+        run_search(ga, lambda g: -fitness(g), feasible=fits_budget, checkpoint=path,
+                   checkpoint_every=cfg.checkpoint_every)   # resumes from `path` when it exists
         ga.top(5)                                  # [(genes [G], fitness), ...] best first
 
     State (all in :meth:`state_dict`): ``iteration`` (completed iterations), ``pending`` (the current iteration's
-    population, while it is being evaluated), ``cache`` (every evaluated encoding -> fitness, in evaluation order),
-    ``history`` (one row per completed iteration), proposal counters, the RNG state and evaluation seconds.
+    population, asked and not yet told), ``cache`` (every evaluated encoding -> fitness, in evaluation order),
+    ``history`` (one row per completed iteration), proposal counters and the RNG state.
     """
+
+    n_objectives = 1
 
     def __init__(
         self,
         bounds: GeneBounds,
         cfg: EvolutionConfig,
         *,
-        feasible: Feasible,
+        feasible: Feasible | None = None,
         seed: int = 0,
         random_bounds: GeneBounds | None = None,
         canonical: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -165,10 +129,11 @@ class GeneticSearch:
         self.random_bounds = random_bounds or bounds
         if self.random_bounds.size != bounds.size:
             raise ValueError("random_bounds must have as many genes as bounds")
+        self.n_genes = bounds.size
         self.cfg = cfg
         self.feasible = feasible
         self.seed = int(cfg.seed if cfg.seed is not None else seed)
-        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+        self.rng = new_rng(self.seed)
         self.iteration = 0
         self.pending: list[tuple[int, ...]] | None = None
         self.cache: dict[tuple[int, ...], float] = {}
@@ -176,12 +141,15 @@ class GeneticSearch:
         self.proposed = 0  # proposals generated (all operators)
         self.rejected = 0  # proposals outside the constraint (never evaluated)
         self.duplicates = 0  # feasible proposals already evaluated / already in the population
-        self.eval_seconds = 0.0
 
     # ------------------------------------------------------------------ queries
     @property
     def done(self) -> bool:
         return self.iteration >= self.cfg.iterations
+
+    @property
+    def max_generations(self) -> int:
+        return self.cfg.iterations
 
     @property
     def evaluated(self) -> int:
@@ -197,6 +165,14 @@ class GeneticSearch:
         """The best ``k`` evaluated encodings as ``(genes int64 [G], fitness)``, best first."""
         return [(np.array(g, dtype=np.int64), f) for g, f in self.ranked()[:k]]
 
+    def pareto(self) -> tuple[np.ndarray, np.ndarray]:
+        """The encodings of the best fitness (all ties, in evaluation order) and their objective ``-fitness``."""
+        if not self.cache:
+            return np.zeros((0, self.bounds.size), dtype=np.int64), np.zeros((0, 1))
+        top = max(self.cache.values())
+        rows = [g for g, f in self.cache.items() if f == top]
+        return np.array(rows, dtype=np.int64), np.full((len(rows), 1), -top)
+
     # ------------------------------------------------------------------ proposals
     def _accept(
         self, cands: np.ndarray, chosen: list[tuple[int, ...]], seen: set[tuple[int, ...]], want: int
@@ -207,9 +183,7 @@ class GeneticSearch:
         self.proposed += len(cands)
         if self.canonical is not None:
             cands = np.asarray(self.canonical(cands), dtype=np.int64)
-        ok = np.asarray(self.feasible(cands), dtype=bool).reshape(-1)
-        if ok.shape[0] != len(cands):
-            raise ValueError(f"feasible() returned {ok.shape[0]} flags for {len(cands)} candidates")
+        ok = self.screen(cands)
         self.rejected += int((~ok).sum())
         for row in cands[ok]:
             key = tuple(int(v) for v in row)
@@ -263,31 +237,35 @@ class GeneticSearch:
             )
         return chosen
 
-    # ------------------------------------------------------------------ the loop
-    def ask(self) -> list[np.ndarray]:
-        """The current iteration's encodings still to evaluate (proposes the population first if needed); empty
-        when the search is done."""
+    # ------------------------------------------------------------------ protocol
+    def ask(self) -> np.ndarray:
+        """The current iteration's population, int64 ``[N, G]`` (proposed on the first call, the same until
+        :meth:`tell`); empty when the search is done."""
         if self.done:
-            return []
+            return np.zeros((0, self.bounds.size), dtype=np.int64)
         if self.pending is None:
             self.pending = self._propose()
-        return [np.array(g, dtype=np.int64) for g in self.pending if g not in self.cache]
+        return np.array(self.pending, dtype=np.int64).reshape(-1, self.bounds.size)
 
-    def tell(self, genes: np.ndarray, fitness: float, seconds: float = 0.0) -> None:
-        """Record the fitness of one evaluated encoding (must be finite)."""
-        f = float(fitness)
-        if not np.isfinite(f):
-            raise PrunekitError(f"fitness of candidate {list(map(int, genes))} is not finite ({f})")
-        self.cache[tuple(int(v) for v in genes)] = f
-        self.eval_seconds += float(seconds)
+    def tell(self, candidates: np.ndarray, objectives: np.ndarray) -> None:
+        """Record the population's objectives (``-fitness`` in column 0; ``+inf``: rejected by the loop, never
+        evaluated) and close the iteration (:meth:`end_iteration`)."""
+        F = as_objectives(objectives, len(candidates))
+        for genes, f in zip(np.asarray(candidates), F[:, 0], strict=True):
+            key = tuple(int(v) for v in genes)
+            if np.isfinite(f):
+                self.cache[key] = -float(f)
+            else:
+                self.rejected += 1
+        self.end_iteration()
 
     def end_iteration(self) -> dict[str, Any]:
         """Close the current iteration (every pending encoding evaluated) and append its history row
         ``{iteration, best, mean, population, evaluated, rejected, duplicates, proposed}`` (``best``: best fitness
         so far; ``mean``: mean fitness of this iteration's population)."""
-        if self.pending is None or any(g not in self.cache for g in self.pending):
-            raise RuntimeError("end_iteration() before every pending candidate was evaluated")
-        fits = [self.cache[g] for g in self.pending]
+        if self.pending is None:
+            raise RuntimeError("end_iteration() before the iteration's population was asked")
+        fits = [self.cache[g] for g in self.pending if g in self.cache]
         ranked = self.ranked()
         row = {
             "iteration": self.iteration + 1,
@@ -304,38 +282,6 @@ class GeneticSearch:
         self.pending = None
         return row
 
-    def run(
-        self,
-        evaluate: Evaluate,
-        *,
-        checkpoint: Callable[[GeneticSearch], None] | None = None,
-        on_iteration: Callable[[GeneticSearch, dict[str, Any]], None] | None = None,
-    ) -> list[tuple[np.ndarray, float]]:
-        """Run (or resume) the search to the end; returns :meth:`top` of ``cfg.parents``.
-
-        ``evaluate(genes int64 [G]) -> fitness`` (higher is better) is only called on feasible, never-evaluated
-        encodings. ``checkpoint(self)`` is called after each population is proposed, every
-        ``cfg.checkpoint_every`` evaluations and after every iteration; ``on_iteration(self, row)`` after every
-        iteration (logging).
-        """
-        while not self.done:
-            fresh = self.pending is None
-            todo = self.ask()
-            if fresh and checkpoint is not None:
-                checkpoint(self)
-            for k, genes in enumerate(todo, 1):
-                t0 = time.perf_counter()
-                fit = evaluate(genes)
-                self.tell(genes, fit, time.perf_counter() - t0)
-                if checkpoint is not None and k % self.cfg.checkpoint_every == 0 and k < len(todo):
-                    checkpoint(self)
-            row = self.end_iteration()
-            if checkpoint is not None:
-                checkpoint(self)
-            if on_iteration is not None:
-                on_iteration(self, row)
-        return self.top(self.cfg.parents)
-
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
         """Plain-data (JSON-serialisable) state; see the class docstring."""
@@ -348,8 +294,7 @@ class GeneticSearch:
             "proposed": self.proposed,
             "rejected": self.rejected,
             "duplicates": self.duplicates,
-            "eval_seconds": self.eval_seconds,
-            "rng": _jsonable_rng(self.rng.bit_generator.state),
+            "rng": rng_state(self.rng),
             "seed": self.seed,
             "genes": self.bounds.size,
         }
@@ -376,21 +321,5 @@ class GeneticSearch:
         self.proposed = int(state["proposed"])
         self.rejected = int(state["rejected"])
         self.duplicates = int(state["duplicates"])
-        self.eval_seconds = float(state["eval_seconds"])
         self.seed = int(state["seed"])
-        bitgen = np.random.PCG64()
-        bitgen.state = state["rng"]
-        self.rng = np.random.Generator(bitgen)
-
-
-def _jsonable_rng(state: dict[str, Any]) -> dict[str, Any]:
-    """numpy bit-generator state with only JSON types (PCG64 state is nested dicts of Python ints)."""
-    out: dict[str, Any] = {}
-    for k, v in state.items():
-        if isinstance(v, dict):
-            out[k] = _jsonable_rng(v)
-        elif isinstance(v, np.integer):
-            out[k] = int(v)
-        else:
-            out[k] = v
-    return out
+        self.rng = rng_from_state(state["rng"])

@@ -12,9 +12,8 @@ from prunekit.space.plan import (
     plan_from_ratio,
     plan_from_widths,
     rebuild,
-    round_width,
-    select_channels,
 )
+from prunekit.space.widths import legal_width, round_width, select_channels, uniform_widths
 
 __all__ = [
     "ChannelGroup",
@@ -28,10 +27,12 @@ __all__ = [
     "apply",
     "build_masks",
     "is_depthwise",
+    "legal_width",
     "mask",
     "plan_from_ratio",
     "plan_from_widths",
     "rebuild",
     "round_width",
     "select_channels",
+    "uniform_widths",
 ]

@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, validation_message
 from prunekit.space.channels import ChannelGroup, ChannelSpace, clone_model
+from prunekit.space.widths import round_width, select_channels
 
 PLAN_VERSION = 1
 
@@ -67,7 +68,11 @@ class Plan(BaseModel):
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        """Parse a plan; raises PrunekitError (one line) on malformed JSON or fields."""
+        """Parse a plan written by :meth:`to_json`.
+
+        Raises:
+            PrunekitError: malformed JSON, or an unknown, missing or invalid field (one line naming the field).
+        """
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -75,9 +80,9 @@ class Plan(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"])
-            raise PrunekitError(f"invalid plan field {loc!r}: {err['msg']}") from None
+            raise PrunekitError(
+                validation_message(exc, what="plan", reference="prunekit.space.plan.Plan")
+            ) from None
 
     def save(self, path: str | Path) -> None:
         from prunekit.io import write_text
@@ -153,42 +158,6 @@ def _balanced(keep: list[int], g: ChannelGroup) -> bool:
 
 # ---------------------------------------------------------------------- building plans
 Importance = Callable[[nn.Module, ChannelSpace, ChannelGroup], torch.Tensor]
-
-
-def round_width(width: float, channels: int, *, multiple: int = 1, min_channels: int = 1) -> int:
-    """Round a (fractional) width to an int in ``[min(max(min_channels, multiple), C), C]``, to a multiple of
-    ``multiple``.
-
-    Rounds to the nearest multiple (ties up); never returns 0; never exceeds C; never goes below one multiple (a
-    width of 3 with ``multiple=16`` would run as 16 on a vectorised CPU anyway).
-    """
-    multiple = max(1, int(multiple))
-    w = int(np.floor(width / multiple + 0.5)) * multiple
-    lo = min(max(1, min_channels, multiple), channels)
-    return int(min(channels, max(lo, w)))
-
-
-def select_channels(group: ChannelGroup, width: int, scores: torch.Tensor | None) -> list[int]:
-    """Choose ``width`` channels of ``group``: top-``width`` by ``scores`` (shape ``[C]``), or the first ``width``
-    when ``scores`` is None. Groups touching a grouped conv keep the same local positions in every block (scores
-    summed over blocks), so the width is rounded down to a multiple of ``group.blocks`` (at least one per block).
-    """
-    c, b = group.channels, group.blocks
-    width = int(min(max(width, 1), c))
-    if b > 1:
-        size = c // b
-        per = max(1, width // b)
-        local = torch.arange(size) if scores is None else scores.reshape(b, size).sum(0)
-        chosen = (
-            list(range(per))
-            if scores is None
-            else sorted(torch.topk(local, per, largest=True, sorted=False).indices.tolist())
-        )
-        return sorted(blk * size + i for blk in range(b) for i in chosen)
-    if scores is None:
-        return list(range(width))
-    idx = torch.topk(scores, width, largest=True, sorted=False).indices
-    return sorted(int(i) for i in idx)
 
 
 def plan_from_widths(

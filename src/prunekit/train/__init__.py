@@ -25,6 +25,8 @@ from prunekit.train.distributed import (
 )
 from prunekit.train.loop import CKPT_FORMAT, Callback, FitResult, TrainState, evaluate, fit, progress_enabled
 from prunekit.train.recipes import (
+    SMOKE_DATA,
+    SMOKE_EPOCHS,
     TrainConfig,
     build_criterion,
     build_optimizer,
@@ -32,10 +34,14 @@ from prunekit.train.recipes import (
     lr_factor_fn,
     param_groups,
     parse_train_config,
+    smoke_recipe,
     total_steps,
 )
 
 __all__ = [
+    "SMOKE_DATA",
+    "SMOKE_EPOCHS",
+    "smoke_recipe",
     "CKPT_FORMAT",
     "Callback",
     "DistInfo",

@@ -440,7 +440,10 @@ def _restore(
     path: Path,
     keep_best: bool,
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
-    """Load a training checkpoint into ``state``; returns (best_state, this rank's RNG state or None)."""
+    """Load a training checkpoint into ``state``; returns (best_state, this rank's RNG state or None).
+
+    Called by :func:`_resume` from :func:`fit`: its warnings (``stacklevel=4``) point at ``fit``'s caller.
+    """
     required = ("model", "optimizer", "scheduler", "epoch", "step", "history")
     missing = [k for k in required if k not in ckpt]
     if missing or ckpt.get("format") != CKPT_FORMAT:
@@ -490,13 +493,13 @@ def _restore(
 
     diff = _config_diff(ckpt.get("config", {}), state.cfg.model_dump(mode="json"))
     if diff:
-        warnings.warn(f"resuming {path} with a changed train config: {', '.join(diff)}", stacklevel=3)
+        warnings.warn(f"resuming {path} with a changed train config: {', '.join(diff)}", stacklevel=4)
     saved_spe = ckpt.get("steps_per_epoch")
     if saved_spe is not None and saved_spe != state.steps_per_epoch:
         warnings.warn(
             f"resuming {path}: steps per epoch changed from {saved_spe} to {state.steps_per_epoch} "
             "(different dataset, batch size or world size); the LR schedule is recomputed",
-            stacklevel=3,
+            stacklevel=4,
         )
     rngs = ckpt.get("rng")
     rng = None
@@ -506,7 +509,7 @@ def _restore(
         warnings.warn(
             f"checkpoint {path} has no RNG state for world size {state.world_size}; reseeding "
             "(the resumed run will not be bit-identical to an uninterrupted one)",
-            stacklevel=3,
+            stacklevel=4,
         )
     best_state = ckpt.get("best_state") if keep_best else None
     return best_state, rng
@@ -627,6 +630,72 @@ def fit(
     all-reduced, each rank's RNG state is checkpointed, and only rank 0 writes checkpoints, logs and progress.
     """
     t_call = time.perf_counter()
+    cfg, spe, dev, callbacks = _check_fit_args(
+        cfg, train_loader, val_loader, device, callbacks, select=select, resume=resume, ckpt_path=ckpt_path
+    )
+    distributed = is_distributed()
+    state = _new_state(model, cfg, spe, dev, optimizer, scheduler, desc)  # seeds RNGs: cfg.seed + rank
+    criterion = loss_fn if loss_fn is not None else build_criterion(cfg)
+    ckpt_file = Path(ckpt_path) if ckpt_path is not None else None
+    best_state, rng = _resume(state, callbacks, ckpt_file, select == "best") if resume else (None, None)
+    start_epoch = state.epoch  # 0, or the checkpoint's epoch after a resume
+    _begin_training(state, callbacks, rng, distributed, find_unused_parameters)
+
+    main = state.rank == 0
+    jlog = _JsonlLog(log_path if main else None)
+    show = main and progress_enabled()
+    try:
+        while state.epoch < state.num_epochs and not state.stop_training:
+            metrics = _run_epoch(state, train_loader, criterion, callbacks, jlog, show, distributed)
+            _validate_epoch(state, val_loader, metrics, distributed)
+            metrics = _end_epoch(state, callbacks, metrics, distributed)
+            state.history.append(metrics)
+            best_state = _track_best(state, metrics, best_state, keep=select == "best")
+            state.epoch += 1
+            _log_epoch(state, jlog, metrics)
+            if ckpt_file is not None:
+                _save_checkpoint(ckpt_file, state, callbacks, best_state)
+    finally:
+        jlog.close()
+    for cb in callbacks:
+        cb.on_train_end(state)
+    if select == "best" and best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(
+        history=list(state.history),
+        best_top1=state.best_top1,
+        best_epoch=state.best_epoch,
+        best_state=best_state,
+        epochs_run=state.epoch - start_epoch,
+        steps=state.step,
+        wall_s=time.perf_counter() - t_call,
+        stopped_early=state.stop_training,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- fit: its parts
+
+
+def _check_fit_args(
+    cfg: TrainConfig | Mapping[str, Any],
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None,
+    device: str | torch.device,
+    callbacks: Sequence[Callback],
+    *,
+    select: str,
+    resume: bool,
+    ckpt_path: str | os.PathLike | None,
+) -> tuple[TrainConfig, int, torch.device, list[Callback]]:
+    """Validate :func:`fit`'s arguments; returns ``(recipe, steps per epoch, device, callbacks as a list)``.
+
+    Under ``torch.distributed`` also checks that every rank's loader has the same length (a collective call).
+
+    Raises:
+        PrunekitError: an invalid recipe / ``select`` / device, ``select='best'`` without ``val_loader``,
+            ``resume`` without ``ckpt_path``, an unsized or empty train loader, a callback that is not a
+            :class:`Callback`, or loaders of different lengths across ranks.
+    """
     cfg = parse_train_config(cfg)
     if select not in ("last", "best"):
         raise PrunekitError(f"select must be 'last' or 'best', got {select!r}")
@@ -647,16 +716,28 @@ def fit(
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise PrunekitError(f"callbacks must subclass prunekit.train.Callback, got {type(cb).__name__}")
-    distributed = is_distributed()
-    rank, world = get_rank(), get_world_size()
-    main = rank == 0
-    if distributed:
+    if is_distributed():
         lens = all_gather_objects(spe)
         if len(set(lens)) > 1:
             raise PrunekitError(
                 f"train loaders have different lengths per rank {lens}; shard the data evenly (drop_last)"
             )
+    return cfg, spe, dev, callbacks
 
+
+def _new_state(
+    model: nn.Module,
+    cfg: TrainConfig,
+    spe: int,
+    dev: torch.device,
+    optimizer: Optimizer | None,
+    scheduler: LRScheduler | None,
+    desc: str,
+) -> TrainState:
+    """Seed python ``random``, numpy and torch with ``cfg.seed + rank``, move ``model`` to ``dev``, build the
+    optimizer and per-iteration scheduler (unless given) and return the fresh :class:`TrainState` at epoch 0
+    (``total_steps = round(cfg.epochs * spe)``, ``num_epochs = ceil(total_steps / spe)``)."""
+    rank, world = get_rank(), get_world_size()
     _seed_everything(cfg.seed + rank)
     model.to(dev)
     if optimizer is None:
@@ -664,7 +745,7 @@ def fit(
     if scheduler is None:
         scheduler = build_scheduler(optimizer, cfg, spe)
     n_total = total_steps(cfg, spe)
-    state = TrainState(
+    return TrainState(
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -677,81 +758,111 @@ def fit(
         world_size=world,
         desc=desc,
     )
-    criterion = loss_fn if loss_fn is not None else build_criterion(cfg)
-    ckpt_file = Path(ckpt_path) if ckpt_path is not None else None
-    best_state: dict[str, torch.Tensor] | None = None
-    rng: dict[str, Any] | None = None
-    start_epoch = 0
-    if resume:
-        assert ckpt_file is not None
-        best_state, rng = _restore(load_checkpoint(ckpt_file), state, callbacks, ckpt_file, select == "best")
-        start_epoch = state.epoch
-        if main:
-            _log.info("%s: resumed from %s at epoch %d (step %d)", desc, ckpt_file, state.epoch, state.step)
 
+
+def _resume(
+    state: TrainState, callbacks: Sequence[Callback], ckpt_file: Path | None, keep_best: bool
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """Load the checkpoint ``ckpt_file`` into ``state`` and ``callbacks`` (see :func:`_restore`); returns
+    ``(best weights or None, this rank's RNG state or None)``. The RNG state is applied later, after
+    ``on_train_begin`` (:func:`_begin_training`).
+
+    Raises:
+        PrunekitError: a missing or corrupt checkpoint, or one of another model / optimizer / callbacks.
+    """
+    assert ckpt_file is not None  # checked by _check_fit_args
+    best_state, rng = _restore(load_checkpoint(ckpt_file), state, callbacks, ckpt_file, keep_best)
+    if state.rank == 0:
+        _log.info("%s: resumed from %s at epoch %d (step %d)", state.desc, ckpt_file, state.epoch, state.step)
+    return best_state, rng
+
+
+def _begin_training(
+    state: TrainState,
+    callbacks: Sequence[Callback],
+    rng: Mapping[str, Any] | None,
+    distributed: bool,
+    find_unused_parameters: bool,
+) -> None:
+    """Run every ``on_train_begin``, set ``state.train_model`` (the DDP wrapper when distributed, else the model)
+    and, after a resume, restore the checkpoint's RNG state (or, without one, reseed with
+    ``cfg.seed + rank + 1_000_003 * epoch``)."""
     for cb in callbacks:
         cb.on_train_begin(state)
-    train_model: nn.Module = model
+    train_model: nn.Module = state.model
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ids = [dev.index] if dev.type == "cuda" else None
-        train_model = DDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+        ids = [state.device.index] if state.device.type == "cuda" else None
+        train_model = DDP(state.model, device_ids=ids, find_unused_parameters=find_unused_parameters)
     state.train_model = train_model
     if state.resumed:
         if rng is not None:
             _set_rng_state(rng)
         else:
-            _seed_everything(cfg.seed + rank + 1_000_003 * state.epoch)
+            _seed_everything(state.cfg.seed + state.rank + 1_000_003 * state.epoch)
 
-    jlog = _JsonlLog(log_path if main else None)
-    show = main and progress_enabled()
-    try:
-        while state.epoch < state.num_epochs and not state.stop_training:
-            metrics = _run_epoch(state, train_loader, criterion, callbacks, jlog, show, distributed)
-            if val_loader is not None and (
-                (state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == state.num_epochs
-            ):
-                ev = evaluate(model, val_loader, dev, distributed=distributed)
-                metrics.update(val_top1=ev["top1"], val_top5=ev["top5"], val_loss=ev["loss"], val_n=ev["n"])
-            metrics["wall_s"] = time.perf_counter() - metrics.pop("_t0")
-            for cb in callbacks:
-                cb.on_epoch_end(state, metrics)
-            metrics = _plain(metrics)
-            if distributed:
-                stop = all_reduce_sum(torch.tensor([float(state.stop_training)], device=dev))
-                state.stop_training = bool(stop.item() > 0)
-            state.history.append(metrics)
-            val = metrics.get("val_top1")
-            if val is not None and (state.best_top1 is None or val > state.best_top1):
-                state.best_top1, state.best_epoch = float(val), int(metrics["epoch"])
-                if select == "best":
-                    best_state = _cpu_copy(model.state_dict())
-            state.epoch += 1
-            if main:
-                jlog.write({"type": "epoch", "desc": desc, "time": time.time(), **metrics})
-                _log.info("%s %s", desc, _summary(metrics, state.num_epochs))
-            if ckpt_file is not None:
-                rngs = all_gather_objects(_rng_state())
-                if main:
-                    save_checkpoint(ckpt_file, _checkpoint_dict(state, callbacks, best_state, rngs))
-                barrier()
-    finally:
-        jlog.close()
+
+def _validate_epoch(
+    state: TrainState, val_loader: Iterable[Any] | None, metrics: dict[str, Any], distributed: bool
+) -> None:
+    """Evaluate on ``val_loader`` every ``cfg.eval_every`` epochs and after the last one, filling ``metrics``'
+    ``val_top1``, ``val_top5`` (fractions), ``val_loss`` (nats) and ``val_n`` (samples, all ranks) in place."""
+    if val_loader is None:
+        return
+    done = state.epoch + 1
+    if done % state.cfg.eval_every == 0 or done == state.num_epochs:
+        ev = evaluate(state.model, val_loader, state.device, distributed=distributed)
+        metrics.update(val_top1=ev["top1"], val_top5=ev["top5"], val_loss=ev["loss"], val_n=ev["n"])
+
+
+def _end_epoch(
+    state: TrainState, callbacks: Sequence[Callback], metrics: dict[str, Any], distributed: bool
+) -> dict[str, Any]:
+    """Close the epoch's metrics: ``wall_s`` (seconds since the epoch started), every ``on_epoch_end`` (which
+    may add keys and set ``state.stop_training``), plain Python values; under ``torch.distributed`` one rank
+    asking to stop stops all. Returns the epoch's history entry."""
+    metrics["wall_s"] = time.perf_counter() - metrics.pop("_t0")
     for cb in callbacks:
-        cb.on_train_end(state)
-    if select == "best" and best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(
-        history=list(state.history),
-        best_top1=state.best_top1,
-        best_epoch=state.best_epoch,
-        best_state=best_state,
-        epochs_run=state.epoch - start_epoch,
-        steps=state.step,
-        wall_s=time.perf_counter() - t_call,
-        stopped_early=state.stop_training,
-    )
+        cb.on_epoch_end(state, metrics)
+    metrics = _plain(metrics)
+    if distributed:
+        stop = all_reduce_sum(torch.tensor([float(state.stop_training)], device=state.device))
+        state.stop_training = bool(stop.item() > 0)
+    return metrics
+
+
+def _track_best(
+    state: TrainState, metrics: Mapping[str, Any], best_state: dict[str, torch.Tensor] | None, *, keep: bool
+) -> dict[str, torch.Tensor] | None:
+    """Update ``state.best_top1`` / ``best_epoch`` when this epoch's ``val_top1`` beats the best so far (strictly:
+    the earliest of equal epochs wins; epochs without ``val_top1`` never do). Returns the best weights: a CPU copy
+    of the model's when this epoch is the new best and ``keep`` (``select='best'``), else ``best_state``."""
+    val = metrics.get("val_top1")
+    if val is not None and (state.best_top1 is None or val > state.best_top1):
+        state.best_top1, state.best_epoch = float(val), int(metrics["epoch"])
+        if keep:
+            return _cpu_copy(state.model.state_dict())
+    return best_state
+
+
+def _log_epoch(state: TrainState, jlog: _JsonlLog, metrics: Mapping[str, Any]) -> None:
+    """On rank 0: the epoch's ``{"type": "epoch", "desc", "time", **metrics}`` JSONL record and its one-line
+    summary on the ``prunekit.train`` logger."""
+    if state.rank == 0:
+        jlog.write({"type": "epoch", "desc": state.desc, "time": time.time(), **metrics})
+        _log.info("%s %s", state.desc, _summary(metrics, state.num_epochs))
+
+
+def _save_checkpoint(
+    path: Path, state: TrainState, callbacks: Sequence[Callback], best_state: dict[str, torch.Tensor] | None
+) -> None:
+    """Write the :data:`CKPT_FORMAT` checkpoint (:func:`_checkpoint_dict`, every rank's RNG state gathered) to
+    ``path`` atomically on rank 0; all ranks wait for it (barrier)."""
+    rngs = all_gather_objects(_rng_state())
+    if state.rank == 0:
+        save_checkpoint(path, _checkpoint_dict(state, callbacks, best_state, rngs))
+    barrier()
 
 
 def _summary(m: Mapping[str, Any], num_epochs: int) -> str:

@@ -29,6 +29,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from prunekit.errors import PrunekitError
 
 __all__ = [
+    "SMOKE_DATA",
+    "SMOKE_EPOCHS",
+    "smoke_recipe",
     "TrainConfig",
     "build_criterion",
     "build_optimizer",
@@ -147,6 +150,26 @@ def parse_train_config(data: TrainConfig | Mapping[str, Any]) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------- optimizer
+
+
+SMOKE_DATA = {"subset_train": 1500, "subset_val": 300, "subset_test": 500}
+"""``--smoke``: caps of the stratified train / val / test subsets (samples)."""
+
+SMOKE_EPOCHS = 1.0
+"""``--smoke``: at most this many epochs in any training phase (methods with many phases may ask for less)."""
+
+
+def smoke_recipe(tc: TrainConfig, max_epochs: float = SMOKE_EPOCHS) -> TrainConfig:
+    """The ``--smoke`` version of a recipe, the one shrinking rule every phase uses: at most ``max_epochs`` epochs,
+    warm-up at most half of them, step milestones past the end dropped. Returns a copy; ``tc`` is unchanged."""
+    e = min(tc.epochs, max_epochs)
+    return tc.model_copy(
+        update={
+            "epochs": e,
+            "warmup_epochs": min(tc.warmup_epochs, e / 2),
+            "milestones": [m for m in tc.milestones if m < e],
+        }
+    )
 
 
 def _is_depthwise(m: nn.Module) -> bool:

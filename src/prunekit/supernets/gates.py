@@ -22,6 +22,8 @@ Pieces (all usable on their own, any model a :class:`~prunekit.space.ChannelSpac
 * :class:`GateSelector` (a Callback): keeps the gates of the epoch with the best validation top-1 among the epochs
   whose fraction of non-zero gates is at most ``r`` (the original code's checkpoint rule); its choice is
   checkpointed, so a resumed run makes the same choice.
+* :func:`learn_gates`: the whole procedure on one model (attach, train the gates only with the regulariser and the
+  selector, load the selected gates, detach) through any ``fit``-like trainer; returns :class:`LearnedGates`.
 
 Gate placement (:func:`gate_sites`). The gate multiplies a group's channels right **after its normalisation
 layers** (BatchNorm members of the group), before the activation, as in the original (VGG: after BN; ResNet blocks:
@@ -40,7 +42,7 @@ Batch-norm running statistics are buffers, not weights: they keep updating in tr
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +58,10 @@ __all__ = [
     "GateSelector",
     "GateSite",
     "GatedModel",
+    "LearnedGates",
     "attach_gates",
     "gate_sites",
+    "learn_gates",
     "nonzero_fraction",
     "sparsity_penalty",
 ]
@@ -344,7 +348,7 @@ class GateRegularizer(Callback):
     def _gated(model: nn.Module) -> GatedModel:
         if not isinstance(model, GatedModel):
             raise PrunekitError(
-                f"GateRegularizer needs a GatedModel (prunekit.train.gates.attach_gates), got {type(model).__name__}"
+                f"GateRegularizer needs a GatedModel (prunekit.supernets.gates.attach_gates), got {type(model).__name__}"
             )
         return model
 
@@ -429,3 +433,78 @@ class GateSelector(Callback):
         self.best_epoch = state.get("best_epoch")
         self.best_top1 = state.get("best_top1")
         self.rule = str(state.get("rule", "last"))
+
+
+# ---------------------------------------------------------------------------------------------- the procedure
+@dataclass
+class LearnedGates:
+    """Outcome of :func:`learn_gates`.
+
+    Attributes:
+        values: ``{group name: float32 CPU Tensor[C]}``, the selected gates (every group of the space, each in ``[0, 1]``).
+        choice: :meth:`GateSelector.choose`'s ``{"rule", "epoch", "val_top1", "nonzero", "mean"}``.
+        history: one row per gate-training epoch: ``{"epoch", "val_top1", "gate_mean", "gate_nonzero"}``
+            (``val_top1`` a fraction or None; ``gate_mean`` = mean ``|g|``; ``gate_nonzero`` = fraction of gates != 0).
+    """
+
+    values: dict[str, torch.Tensor]
+    choice: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def learn_gates(
+    model: nn.Module,
+    space: ChannelSpace,
+    train: Callable[..., Any],
+    tc: Any,
+    *,
+    lam: float,
+    r: float,
+    **train_kw: Any,
+) -> LearnedGates:
+    """Learn one gate per channel of ``model`` with its weights frozen (Wang et al. 2020, channel-importance learning;
+    the original's ``script/learn_gates.py``).
+
+    Steps: :func:`attach_gates` (every gate at 1, every weight frozen); ``train(gated, tc, callbacks=[GateRegularizer
+    (lam, r), GateSelector(r)], **train_kw)`` (so the optimiser holds the gates only, the loss is
+    ``CE + lam * (mean|g| - r) ** 2`` and gates are clamped to ``[0, 1]`` after every step); the selector's epoch is
+    loaded (:meth:`GateSelector.choose`) and the wrapper detached, so ``model`` comes back bare, unfrozen and with
+    its parameters bit-identical (BatchNorm running statistics did update).
+
+    Args:
+        model: the network, modified in place while the gates are attached (hooks, ``requires_grad``).
+        space: its channel space (built on this very model).
+        train: a :func:`prunekit.train.fit`-like trainer ``train(model, tc, *, callbacks, **train_kw) -> FitResult``
+            (e.g. :attr:`prunekit.methods.base.MethodContext.train`, which checkpoints under ``train_kw["tag"]``).
+        tc: the gate-training recipe (a :class:`~prunekit.train.TrainConfig`; the caller picks the optimiser).
+        lam, r: weight and target mean gate of the sparsity term; ``r`` is also the selector's largest fraction of
+            non-zero gates.
+        train_kw: passed on to ``train`` (e.g. ``tag``, ``select``).
+
+    Raises:
+        PrunekitError: a group has no layer to put a gate on (:func:`gate_sites`); bad ``lam`` / ``r``
+            (:class:`GateRegularizer`); whatever ``train`` raises.
+    """
+    gated = attach_gates(model, space, init=1.0, freeze=True)
+    selector = GateSelector(r)
+    res = train(gated, tc, callbacks=[GateRegularizer(lam, r), selector], **train_kw)
+    choice = selector.choose(gated)
+    gated.detach()
+    log.info(
+        "gates chosen by %s (epoch %s, val top1 %s): %.1f%% non-zero, mean %.3f",
+        choice["rule"],
+        choice["epoch"],
+        choice["val_top1"],
+        100 * choice["nonzero"],
+        choice["mean"],
+    )
+    history = [
+        {
+            "epoch": row.get("epoch"),
+            "val_top1": row.get("val_top1"),
+            "gate_mean": row.get("gate_mean"),
+            "gate_nonzero": row.get("gate_nonzero"),
+        }
+        for row in res.history
+    ]
+    return LearnedGates(values=gated.gate_values(), choice=choice, history=history)

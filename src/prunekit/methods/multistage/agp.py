@@ -1,7 +1,7 @@
 """Gradual pruning during training: :class:`AGPCallback` re-prunes along the cubic AGP ramp and keeps masks.
 
 Zhu & Gupta, "To prune, or not to prune" (ICLR-W 2018, §3) prune gradually while training: every ``prune_every``
-optimiser steps the pruning ratio follows the cubic ramp :func:`~prunekit.methods.schedules.agp_ratio` from
+optimiser steps the pruning ratio follows the cubic ramp :func:`~prunekit.methods.multistage.schedules.agp_ratio` from
 ``r_begin`` to ``r_end`` over the first ``ramp_epochs`` epochs; the rest of the run is masked finetuning. Tu et al.
 ("Pruning Depthwise Separable Convolutions for MobileNet Compression", IJCNN 2020, §III-C) use the same ramp inside
 each stage of multistage pruning, on channel groups instead of single weights (the seed's ``SparsePruner`` with
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from prunekit.methods.multistage.schedules import agp_ratio, prune_steps
 from prunekit.space import ChannelSpace, GroupChoice, MaskSet, Plan, build_masks
 from prunekit.train.loop import TrainState
 from prunekit.train.masking import MaskCallback
@@ -189,8 +190,6 @@ class AGPCallback(MaskCallback):
             self.done = True
 
     def on_train_begin(self, state: TrainState) -> None:
-        from prunekit.methods.schedules import prune_steps  # lazy: prunekit.methods imports this module
-
         self.end_step = min(state.total_steps, round(self.ramp_epochs * state.steps_per_epoch))
         self._events = set(prune_steps(self.end_step, self.prune_every))
         self.masks = build_masks(state.model, self.plan, self.space)
@@ -200,8 +199,6 @@ class AGPCallback(MaskCallback):
 
     def on_step_end(self, state: TrainState) -> None:
         if not self.done and state.step in self._events:
-            from prunekit.methods.schedules import agp_ratio  # lazy: prunekit.methods imports this module
-
             r = agp_ratio(state.step, 0, self.end_step, self.r_begin, self.r_end, self.exponent)
             self._prune(state, r)  # applies the new masks (a superset of the old ones)
         else:

@@ -11,11 +11,11 @@ Tu, Lee, Chan, Chen, "Pruning Depthwise Separable Convolutions for MobileNet Com
 * **Ratio per group** (``ranking: per_layer``, the seed's behaviour): every group keeps
   ``legal_width(C * (1 - r))`` channels (nearest multiple of ``round_to``, ties up, at least ``min_channels``), its
   top-scored ones. ``ranking: global`` spends the same MACs budget (the MACs of the per-layer model at ratio ``r``)
-  with normalised scores ranked across groups (:func:`prunekit.methods.magnitude.prune_to_target`).
-* **Schedule** (§III-C): stage end ratios (:func:`~prunekit.methods.schedules.stage_ratios`: ``8stage`` = 1/8 … 7/8,
+  with normalised scores ranked across groups (:func:`prunekit.search.fit.prune_to_target`).
+* **Schedule** (§III-C): stage end ratios (:func:`~prunekit.methods.multistage.schedules.stage_ratios`: ``8stage`` = 1/8 … 7/8,
   ``16stage`` = 1/16 … 15/16, or any list); within each stage the ratio follows the cubic AGP ramp from the previous
   stage's ratio to the stage's, re-pruning every ``prune_every`` optimiser steps during the first ``ramp_epochs``
-  epochs, then masked finetuning for the rest of the stage (:class:`~prunekit.train.agp.AGPCallback`). Each stage
+  epochs, then masked finetuning for the rest of the stage (:class:`~prunekit.methods.multistage.agp.AGPCallback`). Each stage
   is a fresh ``ctx.train`` run (new optimiser and LR schedule, the ``stage`` recipe) started from the previous
   stage's best checkpoint, selected on the validation split among the epochs after the ramp (never on test).
 * **After every stage**: the masked model is exported physically (:func:`~prunekit.space.apply`), checked to give the
@@ -35,6 +35,10 @@ Where this deviates from the seed (``ivclab/Multistage_Pruning``):
   physically exported model is identical;
 * stage 0 (the unpruned baseline) is a row of the per-stage table, like the seed's ``1.00x`` line.
 
+Layout: :func:`run` (this module) is the loop over stages; :mod:`.schedules` holds the ratio schedules and the
+AGP ramp, :mod:`.agp` the masking callback that follows the ramp during training, :mod:`.stages` what happens after
+each stage's training (:func:`~prunekit.methods.multistage.stages.finish_stage`: export, check, measure, save).
+
 A killed run resumes: each stage trains under ``ctx.train(..., tag="stage{k}")`` with checkpoint/resume, the
 callback's state (alive channels, ratio, ramp position) is in the checkpoint, and finished stages replay from their
 complete checkpoints, so re-running the same command finishes with the same result.
@@ -48,9 +52,9 @@ Config (YAML)::
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -59,16 +63,18 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from prunekit import importance as _importance
-from prunekit.cost.macs import CostModel, count_params
+from prunekit.cost.latency import resolve_round_to
+from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
 from prunekit.methods.base import ImportanceName, MethodContext, MethodResult, RoundTo, TagList, require_train
-from prunekit.methods.magnitude import alive_counts, prune_to_target, scored_protected
-from prunekit.methods.schedules import parse_schedule, stage_pairs, stage_ratios
-from prunekit.methods.uniform import legal_width
-from prunekit.space import ChannelSpace, GroupChoice, Plan, apply, select_channels
+from prunekit.methods.multistage.agp import AGPCallback, PruneFn
+from prunekit.methods.multistage.schedules import parse_schedule, stage_pairs, stage_ratios
+from prunekit.methods.multistage.stages import check_equivalent, finish_stage, stage_row, tradeoff_points
+from prunekit.search.fit import alive_counts, prune_to_target, scored_protected
+from prunekit.space import ChannelSpace, GroupChoice, Plan, select_channels
 from prunekit.space.channels import clone_model
-from prunekit.train import TrainConfig
-from prunekit.train.agp import AGPCallback
+from prunekit.space.widths import legal_width
+from prunekit.train import TrainConfig, smoke_recipe
 
 __all__ = [
     "Config",
@@ -113,7 +119,9 @@ class MultistageConfig(BaseModel):
             ``l1_bn`` = times ``|BN gamma|``).
         ranking: ``per_layer`` — the same ratio in every group (the seed); ``global`` — the per-layer model's MACs
             spent by a normalised global ranking.
-        round_to, min_channels: kept counts rounded to a multiple of ``round_to``, at least ``min_channels``.
+        round_to, min_channels: kept counts rounded to a multiple of ``round_to``, at least ``min_channels``;
+            ``round_to: auto`` is resolved once at the start of :func:`run`
+            (:func:`~prunekit.cost.latency.resolve_round_to`: this CPU's ONNX Runtime channel multiple, 8 or 16).
         protect: group tags never pruned (``first``, ``last``, ``strided``, ``residual``, ``depthwise``,
             ``expansion``, ``grouped``).
         ramp_epochs: epochs of each stage during which the ratio ramps up (the seed's ``prune_intv`` = 4); 0 = prune
@@ -165,7 +173,7 @@ class MultistageConfig(BaseModel):
         return self
 
     def ratios(self) -> list[float]:
-        """The stage end ratios (see :func:`~prunekit.methods.schedules.stage_ratios`)."""
+        """The stage end ratios (see :func:`~prunekit.methods.multistage.schedules.stage_ratios`)."""
         return stage_ratios(self.schedule, self.final_ratio)
 
 
@@ -186,7 +194,7 @@ def uniform_ratio_widths(
 
     Every unprotected group of ``C`` channels keeps ``legal_width(C * (1 - ratio))`` (nearest multiple of
     ``round_to``, ties up, clamped to ``[min_channels, C]``, balanced over grouped-conv blocks; see
-    :func:`~prunekit.methods.uniform.legal_width`), capped at its alive count; protected groups keep their alive
+    :func:`~prunekit.space.widths.legal_width`), capped at its alive count; protected groups keep their alive
     channels. The seed prunes ``round(ratio * C)`` channels per cluster, the same count up to ``.5`` ties.
     """
     protected = set(protected)
@@ -226,7 +234,7 @@ def plan_at_ratio(
             without scores is protected.
         ratio: in ``[0, 1)``.
         ranking: ``per_layer`` — :func:`uniform_ratio_widths`, top-``k`` per group (Tu et al. 2020, §III-B);
-            ``global`` — the MACs of that per-layer model spent by :func:`~prunekit.methods.magnitude.prune_to_target`
+            ``global`` — the MACs of that per-layer model spent by :func:`~prunekit.search.fit.prune_to_target`
             (normalised scores ranked across groups).
         alive: ``{group name: bool Tensor[C]}`` channels still present; dead channels are never kept again (score
             ``-inf``). None = all alive.
@@ -287,42 +295,10 @@ def plan_at_ratio(
     return plan
 
 
-@torch.no_grad()
-def check_equivalent(
-    masked: nn.Module, applied: nn.Module, input_shape: tuple[int, ...], *, atol: float = 1e-4, seed: int = 0
-) -> float:
-    """Check that the masked model and its physically pruned export compute the same logits (eval mode).
+# ---------------------------------------------------------------------------------------------- run set-up
+def _scorer(crit, space: ChannelSpace, names: list[str]) -> Callable[[nn.Module], dict[str, torch.Tensor]]:
+    """``model -> {group name: float64 Tensor[C] on the CPU}``: criterion ``crit`` on the groups ``names``."""
 
-    Both models run on a seeded ``N(0, 1)`` batch of 4 inputs of shape ``input_shape[1:]`` on the masked model's
-    device; their train/eval modes are restored afterwards.
-
-    Returns:
-        the largest absolute logit difference.
-
-    Raises:
-        RuntimeError: a difference above ``atol + 1e-4 * |logit|`` (the masks and the export disagree: a bug).
-    """
-    dev = next(masked.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((4, *tuple(input_shape)[1:]), generator=gen).to(dev)
-    modes = [(m, m.training) for m in (masked, applied)]
-    try:
-        masked.eval()
-        applied.eval()
-        a, b = masked(x), applied.to(dev)(x)
-    finally:
-        for m, t in modes:
-            m.train(t)
-    diff = float((a - b).abs().max())
-    if not torch.allclose(a, b, atol=atol, rtol=1e-4):
-        raise RuntimeError(
-            f"masked and exported models disagree (max |logit difference| {diff:.3g} > {atol:g}); the masks do not "
-            "cover every pruned slot"
-        )
-    return diff
-
-
-def _scorer(crit, space: ChannelSpace, names: list[str]):
     def scores(model: nn.Module) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             return {n: crit(model, space, space[n]).detach().to("cpu", torch.float64) for n in names}
@@ -333,49 +309,138 @@ def _scorer(crit, space: ChannelSpace, names: list[str]):
 def _shrink_for_smoke(cfg: MultistageConfig, steps_per_epoch: int) -> tuple[TrainConfig, float, int]:
     """``(stage recipe, ramp_epochs, prune_every)`` for a ``--smoke`` run: at most half an epoch per stage (a 15-stage
     schedule must still finish in about two minutes), the ramp in its first half, at least four prune events."""
-    epochs = min(cfg.stage.epochs, 0.5)
-    tc = cfg.stage.model_copy(
-        update={
-            "epochs": epochs,
-            "warmup_epochs": min(cfg.stage.warmup_epochs, epochs / 2),
-            "milestones": [m for m in cfg.stage.milestones if m < epochs],
-        }
-    )
+    tc = smoke_recipe(cfg.stage, 0.5)
+    epochs = tc.epochs
     ramp = min(cfg.ramp_epochs, epochs / 2)
     ramp_steps = round(ramp * steps_per_epoch)
     return tc, ramp, max(1, min(cfg.prune_every, ramp_steps // 4))
 
 
-def _latency_ms(ctx: MethodContext, cfg: MultistageConfig, model: nn.Module, last: bool) -> float | None:
-    if not cfg.latency or (ctx.smoke and not last):
-        return None  # --smoke measures only the baseline and the final stage (each export takes seconds)
-    from prunekit.cost.latency import measure_ort_latency
+@dataclass(frozen=True)
+class _Setup:
+    """What every stage of a run shares, fixed before any training (see :func:`_setup`).
 
-    kw: dict[str, Any] = {"batch_sizes": (1,), "threads": cfg.latency_threads}
+    Attributes:
+        ratios: the stage end ratios (fractions of every group's original channels removed), one per stage.
+        protected: names of the groups never pruned (their tags are in ``cfg.protect``).
+        scores_of: ``model -> {group name: float64 Tensor[C]}``, the importance of every unprotected group.
+        recipe: the per-stage training recipe (fresh optimiser and LR schedule every stage).
+        ramp_epochs: epochs of each stage during which the ratio ramps up (AGP, §III-C).
+        prune_every: optimiser steps between prune events during the ramp.
+    """
+
+    ratios: list[float]
+    protected: set[str]
+    scores_of: Callable[[nn.Module], dict[str, torch.Tensor]]
+    recipe: TrainConfig
+    ramp_epochs: float
+    prune_every: int
+
+
+def _setup(ctx: MethodContext, cfg: MultistageConfig) -> _Setup:
+    """Check that ``ctx`` can run ``cfg`` and fix the schedule, the scorer and the per-stage recipe.
+
+    The criterion is evaluated once on ``ctx.model`` so that it fails before any training. Under ``--smoke`` the
+    recipe, ramp and prune interval are shrunk (:func:`_shrink_for_smoke`). Warns when a ramp has fewer than two
+    prune events.
+
+    Raises:
+        PrunekitError: no ``ctx.train``, no validation split, every group protected, or a criterion that does not
+            apply to the model (e.g. ``bn_scale`` on a group without BN).
+    """
+    require_train(ctx, "multistage")
+    if getattr(ctx.data, "val", None) is None:
+        raise PrunekitError(
+            "multistage selects each stage's best checkpoint on the validation split: set data.val_fraction > 0"
+        )
+    space = ctx.space
+    ratios = cfg.ratios()
+    crit = _importance.get(cfg.importance)
+    protected = {g.name for g in space.groups if g.tags & set(cfg.protect)}
+    prunable = [g.name for g in space.groups if g.name not in protected]
+    if not prunable:
+        raise PrunekitError("every channel group is protected: nothing to prune; shorten method.protect")
+    scores_of = _scorer(crit, space, prunable)
+    scores_of(ctx.model)  # fail early (e.g. bn_scale on a group without BN), before any training
+    recipe, ramp, every = cfg.stage, cfg.ramp_epochs, cfg.prune_every
     if ctx.smoke:
-        kw.update(warmup=2, repeats=5, max_time_s=1.0, min_time_s=0.05)
-    net = copy.deepcopy(model).cpu() if ctx.device != "cpu" else model
-    return float(measure_ort_latency(net, ctx.space.input_shape, **kw)[1].median_ms)
+        recipe, ramp, every = _shrink_for_smoke(cfg, len(ctx.data.train))
+    ramp_steps = round(ramp * len(ctx.data.train))
+    if ramp_steps > 0 and ramp_steps < 2 * every:
+        log.warning(
+            "multistage: the ramp has %d steps and prune_every is %d: fewer than two prune events per stage "
+            "(lower prune_every for a gradual ramp)",
+            ramp_steps,
+            every,
+        )
+    return _Setup(ratios, protected, scores_of, recipe, ramp, every)
 
 
-def _stage_row(
+def _prune_fn(ctx: MethodContext, cfg: MultistageConfig, setup: _Setup, round_to: int) -> PruneFn:
+    """The :data:`~prunekit.methods.multistage.agp.PruneFn` of every stage's :class:`AGPCallback`:
+    ``(model, ratio, alive) -> plan`` = :func:`plan_at_ratio` on the model's current scores (§III-B), channels
+    rounded to multiples of ``round_to`` (an int: ``cfg.round_to`` resolved).
+
+    The returned function raises :class:`PrunekitError` when the model has non-finite weights (training diverged).
+    """
+
+    def prune_fn(model: nn.Module, ratio: float, alive: Mapping[str, torch.Tensor]) -> Plan:
+        bad = next((n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            raise PrunekitError(
+                f"multistage: training diverged before pruning to ratio {ratio:.4f} (non-finite weights in {bad}); "
+                "set method.stage.grad_clip, lower method.stage.lr, raise method.min_channels or stop earlier with "
+                "method.final_ratio"
+            )
+        return plan_at_ratio(
+            ctx.space,
+            ctx.cost,
+            setup.scores_of(model),
+            ratio,
+            ranking=cfg.ranking,
+            alive=alive,
+            protected=setup.protected,
+            round_to=round_to,
+            min_channels=cfg.min_channels,
+            spec=ctx.spec,
+        )
+
+    return prune_fn
+
+
+def _result(
     ctx: MethodContext,
     cfg: MultistageConfig,
-    k: int,
-    ratio: float,
-    model: nn.Module,
+    setup: _Setup,
     plan: Plan,
-    last: bool = True,
-) -> dict[str, Any]:
-    return {
-        "stage": k,
-        "ratio": ratio,
-        "val_top1": float(ctx.evaluate(model, "val")["top1"]),
-        "test_top1": float(ctx.evaluate(model, "test")["top1"]),
-        "macs": int(ctx.cost.cost(plan).macs),
-        "params": int(count_params(model)),
-        "latency_ms": _latency_ms(ctx, cfg, model, last),
-    }
+    final: nn.Module,
+    history: list[dict[str, Any]],
+    best_epochs: list[int | None],
+) -> MethodResult:
+    """The :class:`MethodResult` of a finished run (see :func:`run`); tags ``plan.meta`` with the method, the
+    number of stages and the ranking."""
+    plan.meta.update({"method": "multistage", "stages": len(setup.ratios), "ranking": cfg.ranking})
+    return MethodResult(
+        plan=plan,
+        model=final,
+        history=history,
+        trained=True,
+        extra={
+            "schedule": cfg.schedule,
+            "ratios": setup.ratios,
+            "ranking": cfg.ranking,
+            "importance": cfg.importance,
+            "stages": len(setup.ratios),
+            "ramp_epochs": setup.ramp_epochs,
+            "prune_every": setup.prune_every,
+            "stage_epochs": setup.recipe.epochs,
+            "best_epochs": best_epochs,
+            "protected": sorted(setup.protected),
+            "base_macs": int(ctx.cost.cost().macs),
+            "macs": int(ctx.cost.cost(plan).macs),
+            "points": tradeoff_points(history),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the method
@@ -383,8 +448,8 @@ def run(ctx: MethodContext, cfg: MultistageConfig) -> MethodResult:
     """Prune ``ctx.model`` in stages along ``cfg``'s ratio schedule, training within each stage.
 
     See the module docstring for the algorithm (Tu et al., IJCNN 2020, §III). ``ctx.target_macs`` is ignored (the
-    schedule sets the final ratio). ``ctx.model`` is not modified. ``--smoke`` runs (``ctx.smoke``) train at most one
-    epoch per stage (ramp in its first half, at least four prune events).
+    schedule sets the final ratio). ``ctx.model`` is not modified. ``--smoke`` runs (``ctx.smoke``) train at most
+    half an epoch per stage (ramp in its first half, at least four prune events).
 
     Returns:
         :class:`MethodResult`: the final stage's plan and applied (physically smaller) model, ``trained=True``, the
@@ -400,133 +465,31 @@ def run(ctx: MethodContext, cfg: MultistageConfig) -> MethodResult:
             that diverged (non-finite weights at a prune event; the message suggests ``grad_clip`` / a lower LR).
         RuntimeError: a stage's exported model does not reproduce its masked model (a bug).
     """
-    require_train(ctx, "multistage")
-    if getattr(ctx.data, "val", None) is None:
-        raise PrunekitError(
-            "multistage selects each stage's best checkpoint on the validation split: set data.val_fraction > 0"
-        )
-    space, cm = ctx.space, ctx.cost
-    ratios = cfg.ratios()
-    crit = _importance.get(cfg.importance)
-    protected = {g.name for g in space.groups if g.tags & set(cfg.protect)}
-    prunable = [g.name for g in space.groups if g.name not in protected]
-    if not prunable:
-        raise PrunekitError("every channel group is protected: nothing to prune; shorten method.protect")
-    scores_of = _scorer(crit, space, prunable)
-    scores_of(ctx.model)  # fail early (e.g. bn_scale on a group without BN), before any training
-    recipe, ramp, every = cfg.stage, cfg.ramp_epochs, cfg.prune_every
-    if ctx.smoke:
-        recipe, ramp, every = _shrink_for_smoke(cfg, len(ctx.data.train))
-    steps_per_epoch = len(ctx.data.train)
-    ramp_steps = round(ramp * steps_per_epoch)
-    if ramp_steps > 0 and ramp_steps < 2 * every:
-        log.warning(
-            "multistage: the ramp has %d steps and prune_every is %d: fewer than two prune events per stage "
-            "(lower prune_every for a gradual ramp)",
-            ramp_steps,
-            every,
-        )
-
-    def prune_fn(model: nn.Module, ratio: float, alive: Mapping[str, torch.Tensor]) -> Plan:
-        bad = next((n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
-        if bad is not None:
-            raise PrunekitError(
-                f"multistage: training diverged before pruning to ratio {ratio:.4f} (non-finite weights in {bad}); "
-                "set method.stage.grad_clip, lower method.stage.lr, raise method.min_channels or stop earlier with "
-                "method.final_ratio"
-            )
-        return plan_at_ratio(
-            space,
-            cm,
-            scores_of(model),
-            ratio,
-            ranking=cfg.ranking,
-            alive=alive,
-            protected=protected,
-            round_to=cfg.round_to,
-            min_channels=cfg.min_channels,
-            spec=ctx.spec,
-        )
-
-    stages_dir = ctx.out_dir / "stages"
+    round_to = resolve_round_to(cfg.round_to)  # "auto" -> the channel multiple of this CPU's ONNX Runtime
+    setup = _setup(ctx, cfg)
+    prune_fn = _prune_fn(ctx, cfg, setup, round_to)
+    n_stages = len(setup.ratios)
     work = clone_model(ctx.model)  # the full-size masked model every stage trains
-    plan = Plan(model=ctx.spec, input_shape=list(space.input_shape))
-    history = [_stage_row(ctx, cfg, 0, 0.0, work, plan)]
+    plan = Plan(model=ctx.spec, input_shape=list(ctx.space.input_shape))
+    history = [stage_row(ctx, cfg, 0, 0.0, work, plan)]  # stage 0: the unpruned model
     best_epochs: list[int | None] = []
     final: nn.Module = work
-    log.info("multistage: %d stages to ratios %s", len(ratios), ", ".join(f"{r:.4g}" for r in ratios))
-    for k, (r_begin, r_end) in enumerate(stage_pairs(ratios), 1):
+    log.info("multistage: %d stages to ratios %s", n_stages, ", ".join(f"{r:.4g}" for r in setup.ratios))
+    for k, (r_begin, r_end) in enumerate(stage_pairs(setup.ratios), 1):
+        # AGP ramp from the previous stage's ratio to this stage's while training, then masked finetuning (§III-C)
         cb = AGPCallback(
-            space,
+            ctx.space,
             prune_fn,
             r_begin=r_begin,
             r_end=r_end,
-            ramp_epochs=ramp,
-            prune_every=every,
+            ramp_epochs=setup.ramp_epochs,
+            prune_every=setup.prune_every,
             plan=plan,
             exponent=cfg.exponent,
         )
-        res = ctx.train(work, recipe, tag=f"stage{k}", callbacks=[cb], select="best")
-        if not cb.done:
-            raise RuntimeError(f"internal: stage {k} ended before its ramp reached ratio {r_end}")
-        plan = cb.plan.model_copy(deep=True)
-        plan.model, plan.input_shape = ctx.spec, list(space.input_shape)
-        plan.meta.update({"method": "multistage", "stage": k, "ratio": r_end})
-        cb.masks.apply_(work)  # the best state was saved masked; re-applying is a no-op safeguard
-        final = apply(work, plan, space)
-        diff = check_equivalent(work, final, space.input_shape, atol=cfg.check_atol)
-        row = _stage_row(ctx, cfg, k, r_end, final, plan, last=k == len(ratios))
+        res = ctx.train(work, setup.recipe, tag=f"stage{k}", callbacks=[cb], select="best")
+        # the stage model: applied, checked against the masked one, measured, saved
+        plan, final, row = finish_stage(ctx, cfg, k, n_stages, cb, work)
         history.append(row)
         best_epochs.append(getattr(res, "best_epoch", None))
-        plan.save(stages_dir / f"stage{k}.plan.json")
-        if cfg.save_weights:
-            from prunekit.pipeline import save_safetensors  # lazy: the pipeline imports the method registry
-
-            save_safetensors(
-                final.state_dict(),
-                stages_dir / f"stage{k}.safetensors",
-                metadata={"spec": str(ctx.spec), "plan": f"stage{k}.plan.json"},
-            )
-        log.info(
-            "multistage stage %d/%d: ratio %.4g, %s MACs, val top1 %.4f, test top1 %.4f (masked = exported, max diff "
-            "%.2g)",
-            k,
-            len(ratios),
-            r_end,
-            f"{row['macs']:,}",
-            row["val_top1"],
-            row["test_top1"],
-            diff,
-        )
-
-    points = [
-        {
-            "label": f"r={h['ratio']:.3g}",
-            "macs": h["macs"],
-            "top1": h["test_top1"],
-            "latency_ms": h["latency_ms"],
-        }
-        for h in history
-    ]
-    plan.meta.update({"method": "multistage", "stages": len(ratios), "ranking": cfg.ranking})
-    return MethodResult(
-        plan=plan,
-        model=final,
-        history=history,
-        trained=True,
-        extra={
-            "schedule": cfg.schedule,
-            "ratios": ratios,
-            "ranking": cfg.ranking,
-            "importance": cfg.importance,
-            "stages": len(ratios),
-            "ramp_epochs": ramp,
-            "prune_every": every,
-            "stage_epochs": recipe.epochs,
-            "best_epochs": best_epochs,
-            "protected": sorted(protected),
-            "base_macs": int(cm.cost().macs),
-            "macs": int(cm.cost(plan).macs),
-            "points": points,
-        },
-    )
+    return _result(ctx, cfg, setup, plan, final, history, best_epochs)

@@ -1,0 +1,424 @@
+"""``report.md``: :func:`render_markdown`, one small function per section.
+
+Each section function takes the report as a mapping (read leniently through :mod:`prunekit.report._data`) and
+returns its lines; an empty list leaves the section out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prunekit.report._data import (
+    _as_mapping,
+    _batch_n,
+    _dict,
+    _epoch_phases,
+    _extra_points,
+    _get,
+    _list,
+    _met,
+    _method_name,
+    _target_macs,
+)
+from prunekit.report.format import (
+    DASH,
+    _fmt_value,
+    _num,
+    _pp_change,
+    _ratio,
+    _rel_change,
+    _table,
+    fmt_factor,
+    fmt_macs,
+    fmt_ms,
+    fmt_params,
+    fmt_pct,
+    fmt_seconds,
+)
+from prunekit.report.training import training_warnings
+
+if TYPE_CHECKING:
+    from prunekit.report.schema import Report
+
+MAX_GROUP_ROWS = 40
+"""Per-group width table: rows shown before the table is collapsed."""
+
+MAX_LAYER_ROWS = 40
+"""Per-layer table: rows shown before the table is collapsed."""
+
+MAX_HISTORY_ROWS = 40
+"""Method history table: rows shown (first and last half) before the table is collapsed."""
+
+MAX_JSON_CHARS = 4000
+"""Method config / extra facts: characters of JSON shown in the markdown (the full dict is in report.json)."""
+
+
+def render_markdown(report: Report | Mapping) -> str:
+    """Render the report as a readable markdown document (``report.md``).
+
+    Sections: title (run name), command, dataset / model / method lines; summary table (baseline, pruned,
+    change: top-1, top-5, MACs, params, latency at batch 1 and batch N) with the derived factors (MACs and params
+    reduction, speedup per batch size, speedup ÷ MACs reduction); the MACs target asked vs achieved; the
+    constraints table (when ``constraints`` is non-empty); wall-clock per phase; training summaries; per-group
+    widths (first :data:`MAX_GROUP_ROWS` rows); per-layer density / conv groups / MACs (when ``layers`` is
+    non-empty); the method's history (every key of its rows as a column); additional trade-off points; method
+    config and extra facts; links to the files and plots.
+
+    Args:
+        report: a :class:`~prunekit.report.schema.Report`, or the report dict. A dict is rendered as is, without
+            validation: a missing key, ``None`` or a value of the wrong type renders as "–" or leaves its
+            section out, so this never raises on malformed input.
+
+    Returns:
+        The markdown text (accuracies as percentages, MACs per sample, latency in ms).
+    """
+    r = _as_mapping(report)
+    lines = [f"# Pruning report: {r.get('name') or 'prunekit run'}", ""]
+    for section in _SECTIONS:
+        lines += section(r)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- header
+
+
+def _header(r: Mapping) -> list[str]:
+    lines: list[str] = []
+    if r.get("command"):
+        lines += ["```", str(r["command"]), "```", ""]
+    if r.get("created"):
+        lines.append(f"- **Created:** {r['created']}")
+    lines.append(f"- **Dataset:** {_dataset_line(r.get('dataset'))}")
+    lines.append(f"- **Model:** `{r['model']}`" if r.get("model") else f"- **Model:** {DASH}")
+    method = _method_name(r)
+    lines.append(f"- **Method:** `{method}`" if method else f"- **Method:** {DASH}")
+    return lines + [""]
+
+
+def _dataset_line(ds: Any) -> str:
+    if isinstance(ds, str):
+        return ds
+    ds = _dict(ds)
+    if not ds:
+        return DASH
+    parts = [f"`{ds['name']}`" if ds.get("name") else DASH]
+    if ds.get("num_classes") is not None:
+        parts.append(f"{ds['num_classes']} classes")
+    shape = ds.get("input_shape")
+    if isinstance(shape, list | tuple) and shape:
+        parts.append("input " + "×".join(str(s) for s in shape))
+    sizes = _dict(ds.get("sizes"))
+    if sizes:
+        parts.append(" / ".join(f"{k} {_fmt_value('n', v)}" for k, v in sizes.items()))
+    return " · ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def _summary(r: Mapping) -> list[str]:
+    base, pruned = _dict(r.get("baseline")), _dict(r.get("pruned"))
+    bn = _batch_n(r)
+    headers = [
+        "",
+        "top-1",
+        "top-5",
+        "MACs[^macs]",
+        "params",
+        "latency b1",
+        f"latency b{bn}" if bn else "latency batch N",
+    ]
+    keys = ("top1", "top5", "macs", "params", "latency_ms", "latency_ms_batch")
+    fmts = (fmt_pct, fmt_pct, fmt_macs, fmt_params, fmt_ms, fmt_ms)
+    changes = (_pp_change, _pp_change, _rel_change, _rel_change, _rel_change, _rel_change)
+    rows = [
+        [f"**{label}**"] + [f(d.get(k)) for f, k in zip(fmts, keys, strict=True)]
+        for label, d in (("baseline", base), ("pruned", pruned))
+    ]
+    rows.append(["**change**"] + [c(base.get(k), pruned.get(k)) for c, k in zip(changes, keys, strict=True)])
+    return ["## Summary", ""] + _table(headers, rows) + [""]
+
+
+def _factors(r: Mapping) -> list[str]:
+    base, pruned = _dict(r.get("baseline")), _dict(r.get("pruned"))
+    macs_red = _ratio(base.get("macs"), pruned.get("macs"))
+    sp1 = _ratio(base.get("latency_ms"), pruned.get("latency_ms"))
+    spn = _ratio(base.get("latency_ms_batch"), pruned.get("latency_ms_batch"))
+    eff1 = None if sp1 is None or macs_red is None else sp1 / macs_red
+    effn = None if spn is None or macs_red is None else spn / macs_red
+    bn = _batch_n(r)
+    bn_label = f"batch {bn}" if bn else "batch N"
+    factors = [
+        ["MACs reduction", fmt_factor(macs_red)],
+        ["params reduction", fmt_factor(_ratio(base.get("params"), pruned.get("params")))],
+        ["speedup, batch 1", fmt_factor(sp1)],
+        [f"speedup, {bn_label}", fmt_factor(spn)],
+        ["speedup ÷ MACs reduction[^eff], batch 1", DASH if eff1 is None else f"{eff1:.2f}"],
+        [f"speedup ÷ MACs reduction, {bn_label}", DASH if effn is None else f"{effn:.2f}"],
+    ]
+    return _table(["factor", "value"], factors) + [""]
+
+
+# ---------------------------------------------------------------------------------------------- target
+
+
+def _target(r: Mapping) -> list[str]:
+    """``asked ≤ X MACs (r of baseline); achieved Y MACs (s of baseline) — met | over target by z%``."""
+    base_macs = _num(_get(r, "baseline", "macs"))
+    got = _num(_get(r, "pruned", "macs"))
+    want, ratio = _target_macs(r)
+
+    def amount(macs: float | None, share: float | None) -> str:
+        if macs is None:
+            return DASH
+        return f"{fmt_macs(macs)} MACs" + (f" ({fmt_pct(share, 1)} of baseline)" if share is not None else "")
+
+    asked = DASH if want is None else f"≤ {amount(want, ratio)}"
+    line = f"asked {asked}; achieved {amount(got, _ratio(got, base_macs))}"
+    if got is not None and want is not None and want > 0:
+        over = got / want - 1.0
+        line += " — met" if over <= 1e-9 else f" — **over target by {100 * over:.1f}%**"
+    return [f"**Target:** {line}", ""]
+
+
+_CONSTRAINT_METRICS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "macs": ("MACs", fmt_macs),
+    "params": ("params", fmt_params),
+    "latency_ms": ("latency b1", fmt_ms),
+}
+
+
+def _constraints(r: Mapping) -> list[str]:
+    """Each budget asked vs achieved: ``| MACs | ≤ 20.51M (50.0% of baseline) | 20.10M | ✓ | analytic |``."""
+    rows = []
+    for c in (c for c in _list(r.get("constraints")) if isinstance(c, Mapping)):
+        metric = str(c.get("metric"))
+        label, fmt = _CONSTRAINT_METRICS.get(metric, (metric, lambda v, m=metric: _fmt_value(m, v)))
+        asked = fmt(c.get("asked"))
+        if asked != DASH:
+            share = _num(c.get("ratio_of_baseline"))
+            asked = f"≤ {asked}" + (f" ({fmt_pct(share, 1)} of baseline)" if share is not None else "")
+        met = c.get("met") if isinstance(c.get("met"), bool) else _met(c.get("asked"), c.get("achieved"))
+        met = DASH if met is None else "✓" if met else "✗"
+        rows.append([label, asked, fmt(c.get("achieved")), met, c.get("source") or DASH])
+    if not rows:
+        return []
+    table = _table(["metric", "asked", "achieved", "met", "source"], rows, ["l", "r", "r", "c", "l"])
+    return ["## Constraints", ""] + table + [""]
+
+
+# ---------------------------------------------------------------------------------------------- wall clock
+
+
+def _wall_clock(r: Mapping) -> list[str]:
+    wall = dict(_dict(r.get("wall_s")))
+    lines = ["## Wall-clock time", ""]
+    if not wall:
+        return lines + [DASH, ""]
+    total = _num(wall.get("total"))
+    if total is None:
+        parts = [_num(v) for v in wall.values()]
+        total = sum(p for p in parts if p is not None) or None
+    rows = []
+    for phase, sec in wall.items():
+        if phase == "total":
+            continue
+        share = _ratio(sec, total)
+        rows.append([phase, fmt_seconds(sec), DASH if share is None else f"{100 * share:.0f}%"])
+    rows.append(["**total**", f"**{fmt_seconds(total)}**", "100%" if total else DASH])
+    return lines + _table(["phase", "time", "share"], rows) + [""]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _training(r: Mapping) -> list[str]:
+    phases = _epoch_phases(r)
+    if not phases:
+        return []
+    rows = []
+    for phase, hist in phases:
+        vals = [(_num(row.get("val_top1")), row) for row in hist]
+        vals = [(v, row) for v, row in vals if v is not None and math.isfinite(v)]
+        best = max(vals, key=lambda t: t[0]) if vals else None
+        last = hist[-1]
+        rows.append(
+            [
+                phase,
+                len(hist),
+                fmt_pct(best[0]) if best else DASH,
+                _fmt_value("epoch", best[1].get("epoch")) if best else DASH,
+                fmt_pct(last.get("val_top1")),
+                _fmt_value("train_loss", last.get("train_loss")),
+            ]
+        )
+    headers = ["phase", "epochs", "best val top-1", "at epoch", "final val top-1", "final train loss"]
+    lines = ["## Training", ""] + _table(headers, rows) + [""]
+    for w in training_warnings(r):
+        lines += [f"> **Warning** {w}", ""]
+    return lines + ["![training curves](training.png)", ""]
+
+
+# ---------------------------------------------------------------------------------------------- structure
+
+
+def _groups(r: Mapping) -> list[str]:
+    groups = [g for g in _list(r.get("groups")) if isinstance(g, Mapping)]
+    lines = ["## Channel groups", ""]
+    if not groups:
+        return lines + [DASH, ""]
+    ch_total = sum(_num(g.get("channels")) or 0 for g in groups)
+    kept_total = sum(_num(g.get("kept")) or 0 for g in groups)
+    shown = groups[:MAX_GROUP_ROWS]
+    rows = []
+    for i, g in enumerate(shown):
+        tags = g.get("tags")
+        tags = ", ".join(map(str, tags)) if isinstance(tags, list | tuple) else tags
+        ch, kept = g.get("channels"), g.get("kept")
+        name = f"`{g.get('name')}`" if g.get("name") is not None else DASH
+        keep = fmt_pct(_ratio(kept, ch), 1)
+        rows.append(
+            [i, name, tags or DASH, f"{_fmt_value('channels', ch)} → {_fmt_value('kept', kept)}", keep]
+        )
+    lines += _table(["#", "group", "tags", "channels → kept", "keep ratio"], rows, ["r", "l", "l", "r", "r"])
+    lines.append("")
+    if len(groups) > len(shown):
+        lines += [f"_Showing the first {len(shown)} of {len(groups)} groups; all are in report.json._", ""]
+    return lines + [
+        f"{len(groups)} groups, {int(kept_total):,} of {int(ch_total):,} channels kept "
+        f"({fmt_pct(_ratio(kept_total, ch_total), 1)}).",
+        "",
+    ]
+
+
+def _layers(r: Mapping) -> list[str]:
+    """Per-layer density, conv groups and MACs (only when the report has ``layers``)."""
+    layers = [row for row in _list(r.get("layers")) if isinstance(row, Mapping)]
+    if not layers:
+        return []
+    shown = layers[:MAX_LAYER_ROWS]
+    rows = [
+        [
+            i,
+            f"`{row.get('name')}`" if row.get("name") is not None else DASH,
+            _block(row.get("block")),
+            fmt_pct(row.get("density"), 1),
+            _fmt_value("conv_groups", row.get("conv_groups")),
+            fmt_macs(row.get("macs")),
+            fmt_macs(row.get("effective_macs")),
+        ]
+        for i, row in enumerate(shown)
+    ]
+    headers = ["#", "layer", "block", "density", "conv groups", "MACs", "effective MACs"]
+    lines = ["## Layers", ""] + _table(headers, rows, ["r", "l", "l", "r", "r", "r", "r"]) + [""]
+    if len(layers) > len(shown):
+        lines += [f"_Showing the first {len(shown)} of {len(layers)} layers; all are in report.json._", ""]
+    return lines
+
+
+def _block(b: Any) -> str:
+    """A block shape ``(4, 1)`` as ``4×1``; missing -> "–"."""
+    if isinstance(b, list | tuple):
+        return "×".join(map(str, b)) if b else DASH
+    return DASH if b is None or b == "" else str(b)
+
+
+# ---------------------------------------------------------------------------------------------- method
+
+
+def _method_history(r: Mapping) -> list[str]:
+    hist = [row for row in _list(_get(r, "history", "method")) if isinstance(row, Mapping)]
+    if not hist:
+        return []
+    cols: list[str] = []
+    for row in hist:
+        cols += [str(k) for k in row if str(k) not in cols]
+    half = MAX_HISTORY_ROWS // 2
+    collapsed = len(hist) > MAX_HISTORY_ROWS
+    shown: list[Any] = hist[:half] + [None] + hist[-half:] if collapsed else hist
+    rows = [["…"] * len(cols) if row is None else [_fmt_value(c, row.get(c)) for c in cols] for row in shown]
+    lines = ["## Method history", ""] + _table(cols, rows, ["r"] * len(cols)) + [""]
+    if collapsed:
+        lines += [f"_Showing the first and last {half} of {len(hist)} rows; all are in report.json._", ""]
+    return lines
+
+
+def _points(r: Mapping) -> list[str]:
+    points = _extra_points(r)
+    if not points:
+        return []
+    rows = [
+        [p.get("label", DASH), fmt_pct(p.get("top1")), fmt_macs(p.get("macs")), fmt_ms(p.get("latency_ms"))]
+        for p in points
+    ]
+    return ["## Trade-off points", ""] + _table(["point", "top-1", "MACs", "latency b1"], rows) + [""]
+
+
+def _method_details(r: Mapping) -> list[str]:
+    config = _get(r, "method", "config")
+    extra = {k: v for k, v in _dict(r.get("extra")).items() if k != "points"}
+    if not (config or extra):
+        return []
+    lines = ["## Method details", ""]
+    for label, value in (("config", config), ("extra", extra)):
+        if value:
+            lines += (
+                [f"<details><summary>{label}</summary>", ""] + _json_block(value) + ["", "</details>", ""]
+            )
+    return lines
+
+
+def _json_block(obj: Any) -> list[str]:
+    s = json.dumps(obj, indent=2, default=str)
+    if len(s) > MAX_JSON_CHARS:
+        s = s[:MAX_JSON_CHARS] + "\n... (truncated; the full value is in report.json)"
+    return ["```json", s, "```"]
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _files(r: Mapping) -> list[str]:
+    lines = ["## Files", ""]
+    for key, p in _dict(r.get("files")).items():
+        lines.append(f"- {key}: {_link(str(p))}")
+    lines.append(f"- report: {_link('report.json')}")
+    return lines + ["", "![accuracy vs cost](tradeoff.png)", ""]
+
+
+def _link(p: str) -> str:
+    target = f"<{p}>" if any(c in p for c in " ()") else p
+    return f"[{Path(p).name or p}]({target})"
+
+
+def _footnotes(r: Mapping) -> list[str]:
+    return [
+        "[^macs]: MACs are multiply-accumulates of conv and linear layers for one input sample "
+        "(FLOPs = 2 × MACs); BN, activations and pooling are not counted. Latency is milliseconds per forward "
+        "pass of one batch.",
+        "[^eff]: 1.00 means latency fell exactly as much as MACs; below 1, costs that MACs do not count "
+        "(memory traffic, normalisation, activations, framework overhead) limit the speedup.",
+        "",
+    ]
+
+
+_SECTIONS: tuple[Callable[[Mapping], list[str]], ...] = (
+    _header,
+    _summary,
+    _factors,
+    _target,
+    _constraints,
+    _wall_clock,
+    _training,
+    _groups,
+    _layers,
+    _method_history,
+    _points,
+    _method_details,
+    _files,
+    _footnotes,
+)

@@ -1,0 +1,528 @@
+"""One protocol for every searcher over integer encodings, and one loop that drives it.
+
+**The protocol** (:class:`Searcher`). A searcher proposes candidates and learns from their objectives, one round
+("generation") at a time:
+
+* ``ask() -> int64 [N, n_genes]``: the candidates of the current round (``N`` may be 0). ``ask`` is **idempotent
+  until** ``tell``: calling it again returns the same candidates (a searcher stores them in its state), which is
+  what makes a checkpoint taken in the middle of a round resumable.
+* ``tell(candidates, objectives float [N, M])``: the objective **vectors** of exactly the rows ``ask`` returned, in
+  the same order. Every objective is **minimised**; a single-objective searcher reads column 0.
+* ``done``: no more rounds. ``pareto()``: the non-dominated candidates found and their objectives; ``best()``: the
+  lexicographically smallest objective vector among them (column 0 first).
+* ``state_dict()`` / ``load_state_dict()``: everything, RNG included, as plain JSON data.
+
+**Rejected candidates.** ``run_search(feasible=...)`` checks every asked candidate with the vectorised predicate
+``feasible(int64 [N, n]) -> bool [N]`` (e.g. a MACs or parameter budget) *before* evaluation. A rejected candidate
+is never evaluated: it is told back with ``+inf`` in every objective column, and a searcher must never select or
+return such a row (it is "infeasible", not a bad result). The round still counts; a searcher that wants a full
+round of feasible candidates can propose replacements in its next ``ask``. Because rejection costs a round trip,
+searchers that generate many cheap proposals also *screen* them with the same predicate while proposing:
+``run_search`` hands it over with :meth:`Searcher.bind_feasible` (the loop's own check then never fires for them,
+and remains the guarantee). ``+inf`` is therefore reserved: :func:`run_search` refuses non-finite objectives from
+``evaluate``.
+
+**The loop** (:func:`run_search`): ask → reject infeasible → look up the cache (a candidate evaluated before, in
+this round or any earlier one, is never evaluated again: its cached objectives are told) → evaluate the rest in
+row order → tell. It checkpoints atomically (``prunekit.io.write_json``) after every new round is asked, every
+``checkpoint_every`` evaluations inside a round, and after every tell, together with a fingerprint of the search
+setup; a run killed at any point and restarted with the same checkpoint path resumes **bit-identically** (same
+candidates evaluated in the same order, same final state), provided ``evaluate`` is deterministic. A checkpoint with
+another fingerprint is refused (:class:`~prunekit.errors.PrunekitError`).
+
+:class:`RandomSearch` is the reference implementation of the protocol (and the baseline searchers are compared
+against).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prunekit.errors import PrunekitError
+from prunekit.search.genes import GeneBounds, new_rng, rng_from_state, rng_state
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Evaluate",
+    "Feasible",
+    "RandomSearch",
+    "SearchResult",
+    "Searcher",
+    "as_objectives",
+    "non_dominated",
+    "run_search",
+]
+
+CHECKPOINT_FORMAT = "prunekit.search.run/1"
+
+log = logging.getLogger(__name__)
+
+Feasible = Callable[[np.ndarray], np.ndarray]
+Evaluate = Callable[[np.ndarray], "float | Sequence[float] | np.ndarray"]
+
+
+def non_dominated(objectives: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated rows of ``objectives`` ``[N, M]`` (minimisation; pymoo's non-dominated
+    sorting), ascending. Rows with a non-finite value are never selected."""
+    F = np.asarray(objectives, dtype=np.float64)
+    if F.ndim != 2:
+        raise ValueError(f"objectives must be [N, M], got shape {F.shape}")
+    ok = np.flatnonzero(np.isfinite(F).all(axis=1))
+    if ok.size == 0:
+        return ok
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    front = NonDominatedSorting().do(F[ok], only_non_dominated_front=True)
+    return np.sort(ok[np.asarray(front, dtype=np.int64)])
+
+
+def as_objectives(objectives: Any, n: int) -> np.ndarray:
+    """``objectives`` as float64 ``[n, M]`` (a 1-D array of ``n`` values is one objective column)."""
+    F = np.asarray(objectives, dtype=np.float64)
+    if F.ndim == 1:
+        F = F.reshape(n, -1) if n else F.reshape(0, 1)
+    if F.ndim != 2 or F.shape[0] != n:
+        raise ValueError(f"told objectives of shape {F.shape} for {n} candidates")
+    return F
+
+
+def lexicographic_best(objectives: np.ndarray) -> int:
+    """Index of the lexicographically smallest finite row of ``objectives`` ``[N, M]`` (column 0 first; ties:
+    the first row); -1 when no row is finite."""
+    F = np.asarray(objectives, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(F).all(axis=1))
+    if ok.size == 0:
+        return -1
+    order = np.lexsort(tuple(F[ok, j] for j in reversed(range(F.shape[1]))))  # stable: ties keep row order
+    return int(ok[order[0]])
+
+
+class Searcher(ABC):
+    """A searcher over integer encodings of ``n_genes`` genes (see the module docstring for the protocol).
+
+    Subclasses implement :meth:`ask`, :meth:`tell`, :attr:`done`, :meth:`pareto`, :meth:`state_dict` and
+    :meth:`load_state_dict`; :meth:`best` defaults to the lexicographic minimum of :meth:`pareto`.
+    """
+
+    n_genes: int
+    #: the screening predicate (``feasible(int64 [N, n]) -> bool [N]``) proposals may be filtered with; installed by
+    #: :meth:`bind_feasible` (``run_search(feasible=...)`` calls it). None: every proposal passes.
+    feasible: Feasible | None = None
+    #: number of objectives, when fixed in advance (the width of the ``+inf`` rows told before anything was
+    #: evaluated); None: 1 until the first evaluation fixes it.
+    n_objectives: int | None = None
+
+    @abstractmethod
+    def ask(self) -> np.ndarray:
+        """The current round's candidates, int64 ``[N, n_genes]`` (the same array until :meth:`tell`)."""
+
+    @abstractmethod
+    def tell(self, candidates: np.ndarray, objectives: np.ndarray) -> None:
+        """Objectives float ``[N, M]`` (minimised; ``+inf`` rows: rejected, never evaluated) of the rows of the
+        last :meth:`ask`, in its order."""
+
+    @property
+    @abstractmethod
+    def done(self) -> bool:
+        """True once the search is over (:func:`run_search` stops)."""
+
+    @abstractmethod
+    def pareto(self) -> tuple[np.ndarray, np.ndarray]:
+        """The non-dominated candidates found, ``(genes int64 [P, n_genes], objectives float [P, M])``
+        (``P = 0`` before anything was evaluated)."""
+
+    def best(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The best candidate ``(genes int64 [n_genes], objectives float [M])``: the lexicographically smallest
+        objective vector of :meth:`pareto` (column 0 first); None before anything was evaluated."""
+        genes, objs = self.pareto()
+        i = lexicographic_best(objs) if len(objs) else -1
+        return None if i < 0 else (genes[i].copy(), objs[i].copy())
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON data: everything needed to continue exactly (RNG state included)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+
+    @property
+    def max_generations(self) -> int | None:
+        """Rounds this search runs in all, when known in advance (progress bar total); None otherwise."""
+        return None
+
+    def bind_feasible(self, feasible: Feasible | None) -> None:
+        """Install the screening predicate (see :attr:`feasible`)."""
+        self.feasible = feasible
+
+    def screen(self, candidates: np.ndarray) -> np.ndarray:
+        """:attr:`feasible` on ``candidates`` ``[N, n]`` as bool ``[N]`` (all True without a predicate)."""
+        return _check_feasible(self.feasible, candidates)
+
+
+def _check_feasible(feasible: Feasible | None, candidates: np.ndarray) -> np.ndarray:
+    if feasible is None or len(candidates) == 0:
+        return np.ones(len(candidates), dtype=bool)
+    ok = np.asarray(feasible(candidates), dtype=bool).reshape(-1)
+    if ok.shape[0] != len(candidates):
+        raise ValueError(f"feasible() returned {ok.shape[0]} flags for {len(candidates)} candidates")
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+@dataclass
+class SearchResult:
+    """Outcome of :func:`run_search`.
+
+    Attributes:
+        best: ``(genes int64 [n], objectives float [M])`` of :meth:`Searcher.best`, None when nothing was
+            evaluated.
+        pareto_genes, pareto_objectives: :meth:`Searcher.pareto` (``[P, n]``, ``[P, M]``).
+        generations: ask/tell rounds completed (in all, across resumes).
+        evaluations: distinct candidates evaluated (in all).
+        rejected: candidates the loop's ``feasible`` check rejected (a searcher's own screening not included).
+        cache_hits: asked candidates answered from the cache.
+        eval_seconds: wall time spent in ``evaluate`` (in all, across resumes).
+        wall_s: wall time of this call.
+        resumed: whether this call continued a checkpoint.
+        history: one row per round ``{generation, asked, evaluated, cached, rejected, evaluations}``.
+        evaluated: every evaluated candidate ``(genes tuple, objectives tuple)`` in evaluation order.
+    """
+
+    best: tuple[np.ndarray, np.ndarray] | None
+    pareto_genes: np.ndarray
+    pareto_objectives: np.ndarray
+    generations: int
+    evaluations: int
+    rejected: int
+    cache_hits: int
+    eval_seconds: float
+    wall_s: float
+    resumed: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evaluated: list[tuple[tuple[int, ...], tuple[float, ...]]] = field(default_factory=list)
+
+
+class _Loop:
+    """The state :func:`run_search` keeps besides the searcher's own (all of it goes into the checkpoint)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[int, ...], tuple[float, ...]] = {}
+        self.generation = 0
+        self.rejected = 0
+        self.cache_hits = 0
+        self.eval_seconds = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.batch_start: int | None = None  # len(cache) when the round in progress was asked
+
+    def state(self, searcher: Searcher, fingerprint: str | None) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": fingerprint,
+            "searcher_type": type(searcher).__name__,
+            "searcher": searcher.state_dict(),
+            "generation": self.generation,
+            "batch_start": self.batch_start,
+            "cache": [[list(g), list(f)] for g, f in self.cache.items()],
+            "rejected": self.rejected,
+            "cache_hits": self.cache_hits,
+            "eval_seconds": self.eval_seconds,
+            "history": self.history,
+        }
+
+    def load(self, saved: dict[str, Any], searcher: Searcher) -> None:
+        searcher.load_state_dict(saved["searcher"])
+        self.generation = int(saved["generation"])
+        self.batch_start = None if saved["batch_start"] is None else int(saved["batch_start"])
+        self.cache = {tuple(int(v) for v in g): tuple(float(x) for x in f) for g, f in saved["cache"]}
+        self.rejected = int(saved["rejected"])
+        self.cache_hits = int(saved["cache_hits"])
+        self.eval_seconds = float(saved["eval_seconds"])
+        self.history = list(saved["history"])
+
+
+def _read_checkpoint(path: Path, fingerprint: str | None, searcher: Searcher) -> dict[str, Any] | None:
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PrunekitError(
+            f"search checkpoint {path} is unreadable ({type(exc).__name__}); use a new run dir or --overwrite"
+        ) from None
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise PrunekitError(
+            f"{path} is not a prunekit search checkpoint (format tag missing); use a new run dir or --overwrite"
+        )
+    if saved.get("fingerprint") != fingerprint or saved.get("searcher_type") != type(searcher).__name__:
+        raise PrunekitError(
+            f"search checkpoint {path} belongs to a different search setup ({saved.get('searcher_type')}, "
+            f"fingerprint {saved.get('fingerprint')}; this run: {type(searcher).__name__}, {fingerprint}); "
+            "use a new run dir or --overwrite"
+        )
+    return saved
+
+
+def _objectives(value: Any, genes: np.ndarray, m: int | None) -> tuple[float, ...]:
+    f = np.asarray(value, dtype=np.float64).reshape(-1)
+    if f.size == 0 or (m is not None and f.size != m):
+        raise ValueError(
+            f"evaluate() returned {f.size} objectives for candidate {genes.tolist()}, expected {m}"
+        )
+    if not np.isfinite(f).all():
+        raise PrunekitError(
+            f"objective of candidate {genes.tolist()} is not finite ({f.tolist()}): the evaluation diverged"
+        )
+    return tuple(float(v) for v in f)
+
+
+def run_search(
+    searcher: Searcher,
+    evaluate: Evaluate,
+    *,
+    feasible: Feasible | None = None,
+    checkpoint: str | Path | None = None,
+    fingerprint: str | None = None,
+    checkpoint_every: int | None = None,
+    on_generation: Callable[[Searcher, dict[str, Any]], None] | None = None,
+    progress: bool | None = None,
+    desc: str = "search",
+) -> SearchResult:
+    """Drive ``searcher`` to the end (or resume it from ``checkpoint``); see the module docstring.
+
+    Args:
+        searcher: any :class:`Searcher`.
+        evaluate: ``evaluate(genes int64 [n]) -> objectives`` (a float or ``M`` floats, all minimised, finite);
+            only called on feasible candidates never evaluated before, in the order ``ask`` returned them.
+        feasible: ``feasible(int64 [N, n]) -> bool [N]``; rejected candidates are told ``+inf`` and never
+            evaluated. Also installed in the searcher (:meth:`Searcher.bind_feasible`) for its own screening.
+        checkpoint: JSON file written atomically after each ask of a new round, every ``checkpoint_every``
+            evaluations and after each tell; an existing one is resumed.
+        fingerprint: a string identifying the search setup (config, seed, search space); a checkpoint with
+            another fingerprint raises :class:`~prunekit.errors.PrunekitError`.
+        checkpoint_every: also checkpoint every this many evaluations inside a round (None: only per round).
+        on_generation: ``on_generation(searcher, row)`` after each tell (logging); ``row`` is the history row.
+        progress: show a tqdm bar (None: :func:`prunekit.train.loop.progress_enabled`, i.e. a TTY and
+            ``PRUNEKIT_NO_PROGRESS`` unset).
+        desc: the progress bar's label.
+
+    Returns:
+        :class:`SearchResult`.
+
+    Raises:
+        PrunekitError: an unreadable / foreign checkpoint, or a non-finite objective.
+    """
+    from prunekit.io import write_json
+
+    if feasible is not None:
+        searcher.bind_feasible(feasible)
+    path = Path(checkpoint) if checkpoint is not None else None
+    loop = _Loop()
+    saved = _read_checkpoint(path, fingerprint, searcher) if path is not None else None
+    resumed = saved is not None
+    if saved is not None:
+        loop.load(saved, searcher)
+        log.info(
+            "%s: resuming %s at round %d (%d candidates evaluated) from %s",
+            desc,
+            type(searcher).__name__,
+            loop.generation + 1,
+            len(loop.cache),
+            path,
+        )
+    m: int | None = len(next(iter(loop.cache.values()))) if loop.cache else None
+
+    def save() -> None:
+        if path is not None:
+            write_json(path, loop.state(searcher, fingerprint))
+
+    if progress is None:
+        from prunekit.train.loop import progress_enabled
+
+        progress = progress_enabled()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=searcher.max_generations,
+        initial=loop.generation,
+        desc=desc,
+        unit="gen",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    t_start = time.perf_counter()
+    try:
+        while not searcher.done:
+            cands = np.asarray(searcher.ask(), dtype=np.int64).reshape(-1, searcher.n_genes)
+            if loop.batch_start is None:  # a new round: checkpoint it before spending evaluations on it
+                loop.batch_start = len(loop.cache)
+                save()
+            ok = _check_feasible(feasible, cands)
+            # evaluated in this round before a restart: they count as this round's evaluations, not cache hits
+            start = loop.batch_start
+            before_restart = (
+                set(itertools.islice(loop.cache, start, None)) if len(loop.cache) > start else set()
+            )
+            rows: list[tuple[float, ...] | None] = [None] * len(cands)
+            new = hits = since_save = 0
+            for i in range(len(cands)):
+                if not ok[i]:
+                    continue
+                key = tuple(int(v) for v in cands[i])
+                if key in loop.cache:  # evaluated in an earlier round or earlier in this one: never again
+                    if key in before_restart:
+                        before_restart.discard(key)
+                        new += 1
+                    else:
+                        hits += 1
+                    rows[i] = loop.cache[key]
+                    continue
+                t0 = time.perf_counter()
+                f = _objectives(evaluate(cands[i].copy()), cands[i], m)
+                loop.eval_seconds += time.perf_counter() - t0
+                m = m or len(f)
+                loop.cache[key] = f
+                rows[i] = f
+                new += 1
+                since_save += 1
+                if checkpoint_every is not None and since_save % checkpoint_every == 0:
+                    save()
+            objs = np.full((len(cands), m or searcher.n_objectives or 1), np.inf)
+            for i, f in enumerate(rows):
+                if f is not None:
+                    objs[i] = f
+            rejected = int((~ok).sum())
+            loop.rejected += rejected
+            loop.cache_hits += hits
+            searcher.tell(cands, objs)
+            loop.generation += 1
+            loop.batch_start = None
+            row = {
+                "generation": loop.generation,
+                "asked": len(cands),
+                "evaluated": new,
+                "cached": hits,
+                "rejected": rejected,
+                "evaluations": len(loop.cache),
+            }
+            loop.history.append(row)
+            save()
+            bar.update(1)
+            bar.set_postfix(evaluations=len(loop.cache), refresh=False)
+            if on_generation is not None:
+                on_generation(searcher, row)
+    finally:
+        bar.close()
+    best = searcher.best()
+    pg, po = searcher.pareto()
+    return SearchResult(
+        best=best,
+        pareto_genes=pg,
+        pareto_objectives=po,
+        generations=loop.generation,
+        evaluations=len(loop.cache),
+        rejected=loop.rejected,
+        cache_hits=loop.cache_hits,
+        eval_seconds=loop.eval_seconds,
+        wall_s=time.perf_counter() - t_start,
+        resumed=resumed,
+        history=list(loop.history),
+        evaluated=list(loop.cache.items()),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- random search
+class RandomSearch(Searcher):
+    """Uniformly random candidates within ``bounds``, ``batch`` per round for ``generations`` rounds: the
+    reference implementation of the protocol and the baseline of equal budget.
+
+    Proposals are screened with :attr:`feasible` (up to ``tries x batch`` draws a round) and are new (never asked
+    before, no repeats in a round). Keeps every evaluated candidate; :meth:`pareto` is their non-dominated set.
+    """
+
+    def __init__(self, bounds: GeneBounds, *, batch: int, generations: int, seed: int = 0, tries: int = 100):
+        if batch < 1 or generations < 1 or tries < 1:
+            raise ValueError("batch, generations and tries must be >= 1")
+        self.bounds, self.batch, self.generations, self.tries = (
+            bounds,
+            int(batch),
+            int(generations),
+            int(tries),
+        )
+        self.n_genes = bounds.size
+        self.rng = new_rng(seed)
+        self.generation = 0
+        self.pending: np.ndarray | None = None
+        self.asked: set[tuple[int, ...]] = set()
+        self.genes: list[list[int]] = []
+        self.objs: list[list[float]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.generation >= self.generations
+
+    @property
+    def max_generations(self) -> int:
+        return self.generations
+
+    def ask(self) -> np.ndarray:
+        if self.pending is None:
+            chosen: list[tuple[int, ...]] = []
+            draws = 0
+            while len(chosen) < self.batch and draws < self.tries * self.batch:
+                cands = self.bounds.random(self.rng, self.batch)
+                draws += len(cands)
+                for row, ok in zip(cands, self.screen(cands), strict=True):
+                    key = tuple(int(v) for v in row)
+                    if ok and key not in self.asked and len(chosen) < self.batch:
+                        self.asked.add(key)
+                        chosen.append(key)
+            self.pending = np.array(chosen, dtype=np.int64).reshape(-1, self.n_genes)
+        return self.pending.copy()
+
+    def tell(self, candidates: np.ndarray, objectives: np.ndarray) -> None:
+        F = as_objectives(objectives, len(candidates))
+        for g, f in zip(np.asarray(candidates), F, strict=True):
+            if np.isfinite(f).all():
+                self.genes.append([int(v) for v in g])
+                self.objs.append([float(v) for v in f])
+        self.generation += 1
+        self.pending = None
+
+    def pareto(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.objs:
+            return np.zeros((0, self.n_genes), dtype=np.int64), np.zeros((0, 1))
+        F = np.array(self.objs)
+        idx = non_dominated(F)
+        return np.array(self.genes, dtype=np.int64)[idx], F[idx]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "pending": None if self.pending is None else self.pending.tolist(),
+            "asked": sorted(list(k) for k in self.asked),
+            "genes": self.genes,
+            "objs": self.objs,
+            "rng": rng_state(self.rng),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generation = int(state["generation"])
+        p = state["pending"]
+        self.pending = None if p is None else np.array(p, dtype=np.int64).reshape(-1, self.n_genes)
+        self.asked = {tuple(int(v) for v in k) for k in state["asked"]}
+        self.genes = [list(map(int, g)) for g in state["genes"]]
+        self.objs = [list(map(float, f)) for f in state["objs"]]
+        self.rng = rng_from_state(state["rng"])
