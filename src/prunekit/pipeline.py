@@ -81,48 +81,104 @@ class RunResult:
     report: dict
 
 
+def build_budget(
+    cfg: RunConfig, cost: CostModel, model: nn.Module, input_shape: tuple[int, ...]
+) -> Budget | None:
+    """The run's :class:`Budget` (None without ``target``), checked before anything is written: the method must
+    support every constrained metric, and one channel per group must fit (the floor of every plan).
+
+    Raises:
+        PrunekitError: an unsupported metric for the method, or a target below the smallest plan.
+    """
+    target = cfg.target
+    if target is None:
+        return None
+    supported = getattr(get_method(cfg.method.name), "BUDGET_METRICS", ("macs",))
+    unsupported = [m for m in target.metrics if m not in supported]
+    if unsupported:
+        raise PrunekitError(
+            f"method {cfg.method.name} cannot prune to a {'/'.join(unsupported)} target (it supports "
+            f"{', '.join(supported)}); use uniform or magnitude, or give target.macs_ratio"
+        )
+    budget = Budget.from_target(
+        target,
+        cost,
+        latency=lambda: MeasuredLatency(model, cost.space, input_shape, threads=cfg.export.latency_threads),
+    )
+    budget.require_reachable(
+        cost.space.channels * 0 + 1, who="prunekit", how="one channel per group", fix="raise the target"
+    )
+    return budget
+
+
+class RunState:
+    """``state.json`` of a run directory: the config hash, the finished phases and their facts, the resolved budget.
+
+    Re-running the same command resumes from here; a different config in the same directory is refused.
+    """
+
+    def __init__(self, path: Path, config_hash: str) -> None:
+        self.path, self.hash = path, config_hash
+        self.data: dict[str, Any] = {"config_hash": config_hash, "phases": {}}
+
+    def load(self, out_dir: Path, *, overwrite: bool) -> None:
+        """Read ``state.json`` (after deleting ``out_dir`` when ``overwrite``).
+
+        Raises:
+            PrunekitError: the directory holds a run of a different config.
+        """
+        if overwrite and out_dir.exists():
+            shutil.rmtree(out_dir)
+        if self.path.is_file():
+            data = json.loads(self.path.read_text())
+            if data.get("config_hash") != self.hash:
+                raise PrunekitError(
+                    f"{out_dir} holds a run of a different config; use --out DIR for a new run or --overwrite "
+                    "to replace it"
+                )
+            self.data = data
+
+    def keep_budget(self, budget: Budget | None) -> Budget | None:
+        """The budget a resumed run started with (a latency limit is measured once), else ``budget``, recorded."""
+        if budget is None:
+            return None
+        saved = self.data.get("budget")
+        if saved:
+            return Budget([Constraint(**c) for c in saved], budget.cost, budget.latency)
+        self.data["budget"] = [asdict(c) for c in budget.constraints]
+        return budget
+
+    def phase(self, name: str) -> dict | None:
+        """The facts of a finished phase, or None."""
+        return self.data["phases"].get(name)
+
+    def done(self, name: str, facts: dict, *, write: bool) -> None:
+        """Record a finished phase (``write``: rank 0 writes ``state.json`` atomically)."""
+        self.data["phases"][name] = facts
+        if write:
+            self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
 class _Run:
     def __init__(self, cfg: RunConfig, out_dir: Path, *, smoke: bool, command: str):
         self.cfg, self.out, self.smoke, self.command = cfg, out_dir, smoke, command
         self.device = cfg.device
         self.wall: dict[str, float] = {}
         self.history: dict[str, list] = {}
-        self.state_path = out_dir / "state.json"
-        self.state: dict[str, Any] = {}
-
-    # -------------------------------------------------------------- state
-    def _load_state(self, overwrite: bool) -> None:
-        h = config_hash(self.cfg)
-        if overwrite and self.out.exists():
-            shutil.rmtree(self.out)
-        if self.state_path.is_file():
-            state = json.loads(self.state_path.read_text())
-            if state.get("config_hash") != h:
-                raise PrunekitError(
-                    f"{self.out} holds a run of a different config; use --out DIR for a new run or --overwrite "
-                    "to replace it"
-                )
-            self.state = state
-        else:
-            self.state = {"config_hash": h, "phases": {}}
-        if self.budget is not None:  # a latency limit is measured once: a resumed run keeps the first one
-            saved = self.state.get("budget")
-            if saved:
-                self.budget = Budget([Constraint(**c) for c in saved], self.cost, self.budget.latency)
-            else:
-                self.state["budget"] = [asdict(c) for c in self.budget.constraints]
+        self.state = RunState(out_dir / "state.json", config_hash(cfg))
 
     @property
     def main(self) -> bool:
         return self.dist.rank == 0
 
     def _done(self, phase: str, facts: dict) -> None:
-        self.state["phases"][phase] = facts
-        if self.main:
-            write_json(self.state_path, self.state)
+        self.state.done(phase, facts, write=self.main)
 
     def _phase(self, phase: str) -> dict | None:
-        return self.state["phases"].get(phase)
+        return self.state.phase(phase)
 
     # -------------------------------------------------------------- training helpers
     def _fit(self, model: nn.Module, tc: TrainConfig, tag: str, callbacks=(), select="best", loss_fn=None):
@@ -181,35 +237,7 @@ class _Run:
         self.space = ChannelSpace.build(self.model, self.input_shape)
         self.cost = CostModel(self.space)
         self.base_macs = float(self.cost.cost().macs)
-        self.budget = self._budget()
-
-    def _budget(self) -> Budget | None:
-        """The run's :class:`Budget` (None without ``target``), checked reachable before anything is written: by
-        one channel per group at all, and by the method's supported metrics."""
-        target = self.cfg.target
-        if target is None:
-            return None
-        supported = getattr(get_method(self.cfg.method.name), "BUDGET_METRICS", ("macs",))
-        unsupported = [m for m in target.metrics if m not in supported]
-        if unsupported:
-            raise PrunekitError(
-                f"method {self.cfg.method.name} cannot prune to a {'/'.join(unsupported)} target (it supports "
-                f"{', '.join(supported)}); use uniform or magnitude, or give target.macs_ratio"
-            )
-        budget = Budget.from_target(
-            target,
-            self.cost,
-            latency=lambda: MeasuredLatency(
-                self.model, self.space, self.input_shape, threads=self.cfg.export.latency_threads
-            ),
-        )
-        budget.require_reachable(
-            self.space.channels * 0 + 1,
-            who="prunekit",
-            how="one channel per group",
-            fix="raise the target",
-        )
-        return budget
+        self.budget = build_budget(self.cfg, self.cost, self.model, self.input_shape)
 
     @property
     def target_macs(self) -> float | None:
@@ -256,25 +284,26 @@ class _Run:
         )
 
     def method(self) -> None:
+        """The method chooses the plan and returns the pruned model (resumed from ``plan.json`` +
+        ``method.safetensors`` when the phase finished before)."""
         done = self._phase("method")
-        t0 = time.perf_counter()
         if done and (self.out / "plan.json").is_file() and (self.out / "method.safetensors").is_file():
-            self.plan = Plan.load(self.out / "plan.json")
-            if self.plan.model in (None, self.spec):
-                self.pruned = apply(self.model, self.plan, self.space)
-            else:  # the method pruned another base model (scratch: an expanded one); plan.model names it
-                self.pruned = apply(create_model(self.plan.model), self.plan)
-            load_weights(self.pruned, load_state(self.out / "method.safetensors"), "method.safetensors")
-            self.method_result = MethodResult(
-                plan=self.plan,
-                model=self.pruned,
-                history=done["history"],
-                trained=done["trained"],
-                extra=done["extra"],
-            )
-            self.wall["method"] = done["wall_s"]
+            self._resume_method(done)
             return
-        ctx = MethodContext(
+        t0 = time.perf_counter()
+        result = get_method(self.cfg.method.name).run(self._context(), self.cfg.method)
+        result.plan.model = result.plan.model or self.spec  # a method may prune another base model (scratch)
+        result.plan.input_shape = list(self.input_shape)
+        result.plan.meta.update({"method": self.cfg.method.name, "target_macs": self.target_macs})
+        self.plan, self.pruned, self.method_result = result.plan, result.model, result
+        self.plan.save(self.out / "plan.json")
+        save_safetensors(self.pruned.state_dict(), self.out / "method.safetensors")
+        self.wall["method"] = time.perf_counter() - t0
+        facts = {"history": result.history, "trained": result.trained, "extra": result.extra}
+        self._done("method", {**facts, "wall_s": self.wall["method"]})
+
+    def _context(self) -> MethodContext:
+        return MethodContext(
             model=copy.deepcopy(self.model),
             spec=self.spec,
             space=self.space,
@@ -291,23 +320,17 @@ class _Run:
             seed=self.cfg.seed,
             smoke=self.smoke,
         )
-        result = get_method(self.cfg.method.name).run(ctx, self.cfg.method)
-        result.plan.model = result.plan.model or self.spec  # a method may prune another base model (scratch)
-        result.plan.input_shape = list(self.input_shape)
-        result.plan.meta.update({"method": self.cfg.method.name, "target_macs": self.target_macs})
-        self.plan, self.pruned, self.method_result = result.plan, result.model, result
-        self.plan.save(self.out / "plan.json")
-        save_safetensors(self.pruned.state_dict(), self.out / "method.safetensors")
-        self.wall["method"] = time.perf_counter() - t0
-        self._done(
-            "method",
-            {
-                "history": result.history,
-                "trained": result.trained,
-                "extra": result.extra,
-                "wall_s": self.wall["method"],
-            },
-        )
+
+    def _resume_method(self, done: dict) -> None:
+        self.plan = Plan.load(self.out / "plan.json")
+        if self.plan.model in (None, self.spec):
+            self.pruned = apply(self.model, self.plan, self.space)
+        else:  # the method pruned another base model (scratch: an expanded one); plan.model names it
+            self.pruned = apply(create_model(self.plan.model), self.plan)
+        load_weights(self.pruned, load_state(self.out / "method.safetensors"), "method.safetensors")
+        keys = ("history", "trained", "extra")
+        self.method_result = MethodResult(plan=self.plan, model=self.pruned, **{k: done[k] for k in keys})
+        self.wall["method"] = done["wall_s"]
 
     def recover(self) -> None:
         t0 = time.perf_counter()
@@ -473,11 +496,12 @@ def _start(cfg: RunConfig, out_dir, *, smoke: bool, overwrite: bool, command: st
     out = Path(out_dir) if out_dir else Path("runs") / (f"{cfg.name}-smoke" if smoke else cfg.name)
     r = _Run(cfg, out, smoke=smoke, command=command)
     r.prepare()  # raises before anything is written
-    r._load_state(overwrite and r.main)
+    r.state.load(out, overwrite=overwrite and r.main)
+    r.budget = r.state.keep_budget(r.budget)
     if r.main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
-        write_json(r.state_path, r.state)
+        r.state.save()
     from prunekit.train import barrier
 
     barrier()

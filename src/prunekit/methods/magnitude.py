@@ -151,6 +151,46 @@ def _val_top1(ctx: MethodContext, model: nn.Module) -> float | None:
         return None
 
 
+def _masked_step(
+    ctx: MethodContext,
+    cfg: MagnitudeConfig,
+    work: nn.Module,
+    plan: Plan,
+    alive: dict[str, torch.Tensor] | None,
+    k: int,
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """An intermediate step of iterative pruning (Li et al. §3.5): mask ``plan`` into the working copy (the first
+    step makes the masked copy of ``ctx.model`` every later step works on), then finetune it with the masks held.
+    Returns ``(work, alive)``."""
+    space = ctx.space
+    if alive is None:
+        work, masks = mask(ctx.model, plan, space)
+    else:
+        masks = build_masks(work, plan, space)
+        masks.apply_(work)
+    if cfg.step_epochs > 0:
+        ctx.finetune(work, cfg.step_epochs, callbacks=[MaskCallback(masks)], tag=f"magnitude-step{k}")
+        masks.apply_(work)
+    return work, _alive_of(space, plan)
+
+
+def _history_row(
+    ctx: MethodContext, k: int, steps: int, plan: Plan, budget: Budget, model: nn.Module
+) -> dict:
+    """``{"step", "macs", "params", "val_top1"}`` of step ``k`` (logged)."""
+    c = ctx.cost.cost(plan)
+    val = _val_top1(ctx, model)
+    log.info(
+        "magnitude step %d/%d: %s MACs (budget %s), val top1 %s",
+        k,
+        steps,
+        f"{c.macs:,}",
+        budget.describe(),
+        val,
+    )
+    return {"step": k, "macs": c.macs, "params": c.params, "val_top1": val}
+
+
 # ---------------------------------------------------------------------------------------------- the method
 def run(ctx: MethodContext, cfg: MagnitudeConfig) -> MethodResult:
     """Prune ``ctx.model`` by channel importance to the run's budget (``ctx.budget``: MACs per sample, params and/or
@@ -201,37 +241,14 @@ def run(ctx: MethodContext, cfg: MagnitudeConfig) -> MethodResult:
     work: nn.Module = ctx.model
     alive: dict[str, torch.Tensor] | None = None
     history: list[dict] = []
-    plan = Plan(model=ctx.spec, input_shape=list(space.input_shape))
-    final: nn.Module | None = None
     for k, tk in enumerate(targets, 1):
-        last = k == steps
         plan = prune_to_target(space, cm, _scores(crit, work, space, prunable), tk, alive=alive, **opts)
-        if last:
-            final = apply(work, plan, space)
-            evaluated = final
+        if k == steps:
+            final = evaluated = apply(work, plan, space)
         else:
-            if alive is None:
-                work, masks = mask(ctx.model, plan, space)  # the masked copy every later step works on
-            else:
-                masks = build_masks(work, plan, space)
-                masks.apply_(work)
-            alive = _alive_of(space, plan)
-            if cfg.step_epochs > 0:
-                ctx.finetune(work, cfg.step_epochs, callbacks=[MaskCallback(masks)], tag=f"magnitude-step{k}")
-                masks.apply_(work)
+            work, alive = _masked_step(ctx, cfg, work, plan, alive, k)
             evaluated = work
-        c = cm.cost(plan)
-        val = _val_top1(ctx, evaluated)
-        history.append({"step": k, "macs": c.macs, "params": c.params, "val_top1": val})
-        log.info(
-            "magnitude step %d/%d: %s MACs (budget %s), val top1 %s",
-            k,
-            steps,
-            f"{c.macs:,}",
-            tk.describe(),
-            val,
-        )
-    assert final is not None
+        history.append(_history_row(ctx, k, steps, plan, tk, evaluated))
     plan.meta.update(
         {"method": "magnitude", "ranking": cfg.ranking, "importance": cfg.importance, "steps": steps}
     )

@@ -36,6 +36,15 @@ def _nonfinite(v: float) -> str | None:
     return None
 
 
+def _shown(x: Any) -> tuple[float | None, str | None]:
+    """``(value, None)`` for a finite number, else ``(None, text)``: DASH when missing, ``NaN`` / ``inf`` / ``-inf``."""
+    v = _num(x)
+    if v is None:
+        return None, DASH
+    bad = _nonfinite(v)
+    return (None, bad) if bad else (v, None)
+
+
 def fmt_pct(x: Any, digits: int = 2) -> str:
     """Format a fraction as a percentage: ``0.9123`` -> ``"91.23%"``; missing -> ``"–"``."""
     v = _num(x)
@@ -47,12 +56,9 @@ def fmt_pct(x: Any, digits: int = 2) -> str:
 def _scaled(x: Any, digits: int, steps: tuple[tuple[float, float, str], ...], last: str) -> str:
     """``x`` divided by the first ``(threshold, divisor, suffix)`` whose threshold ``|x|`` reaches, else ``last``
     formatted (``"{v:.0f}"`` or a suffix rule); missing -> DASH, non-finite -> its name."""
-    v = _num(x)
-    if v is None:
-        return DASH
-    bad = _nonfinite(v)
-    if bad:
-        return bad
+    v, shown = _shown(x)
+    if shown is not None:
+        return shown
     for threshold, divisor, suffix in steps:
         if abs(v) >= threshold:
             return f"{v / divisor:.{digits}f}{suffix}"
@@ -74,12 +80,9 @@ def fmt_params(x: Any, digits: int = 2) -> str:
 
 def fmt_ms(x: Any) -> str:
     """Format milliseconds with precision that fits the size: ``0.7123`` -> ``"0.712 ms"``, ``45.2`` -> ``"45.20 ms"``."""
-    v = _num(x)
-    if v is None:
-        return DASH
-    bad = _nonfinite(v)
-    if bad:
-        return bad
+    v, shown = _shown(x)
+    if shown is not None:
+        return shown
     a = abs(v)
     if a < 1:
         return f"{v:.3f} ms"
@@ -98,12 +101,9 @@ def fmt_factor(x: Any) -> str:
 
 def fmt_seconds(x: Any) -> str:
     """Format a duration in seconds: ``3.2`` -> ``"3.2 s"``, ``410.3`` -> ``"6m 50s"``, ``7322`` -> ``"2h 02m"``."""
-    v = _num(x)
-    if v is None:
-        return DASH
-    bad = _nonfinite(v)
-    if bad:
-        return bad
+    v, shown = _shown(x)
+    if shown is not None:
+        return shown
     if v < 60:
         return f"{v:.1f} s"
     s = int(round(v))

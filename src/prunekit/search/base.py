@@ -213,9 +213,24 @@ class SearchResult:
 
 
 class _Loop:
-    """The state :func:`run_search` keeps besides the searcher's own (all of it goes into the checkpoint)."""
+    """One :func:`run_search` call: the searcher, how its candidates are evaluated, and the state the loop keeps
+    besides the searcher's own (all of it goes into the checkpoint, see :meth:`state`).
 
-    def __init__(self) -> None:
+    The steps of a round, in :func:`run_search`'s order: :meth:`ask` (a new round is checkpointed before anything
+    is spent on it), :meth:`answer` (cache or evaluate, row order), :meth:`tell` (history row, checkpoint).
+    """
+
+    def __init__(
+        self,
+        searcher: Searcher,
+        evaluate: Evaluate,
+        *,
+        path: Path | None,
+        fingerprint: str | None,
+        checkpoint_every: int | None,
+    ) -> None:
+        self.searcher, self.evaluate = searcher, evaluate
+        self.path, self.fingerprint, self.checkpoint_every = path, fingerprint, checkpoint_every
         self.cache: dict[tuple[int, ...], tuple[float, ...]] = {}
         self.generation = 0
         self.rejected = 0
@@ -223,13 +238,16 @@ class _Loop:
         self.eval_seconds = 0.0
         self.history: list[dict[str, Any]] = []
         self.batch_start: int | None = None  # len(cache) when the round in progress was asked
+        self.m: int | None = None  # objectives per candidate: fixed by the first evaluation (or the cache)
 
-    def state(self, searcher: Searcher, fingerprint: str | None) -> dict[str, Any]:
+    # ------------------------------------------------------------------ checkpoint
+    def state(self) -> dict[str, Any]:
+        """The checkpoint (format :data:`CHECKPOINT_FORMAT`): plain JSON data."""
         return {
             "format": CHECKPOINT_FORMAT,
-            "fingerprint": fingerprint,
-            "searcher_type": type(searcher).__name__,
-            "searcher": searcher.state_dict(),
+            "fingerprint": self.fingerprint,
+            "searcher_type": type(self.searcher).__name__,
+            "searcher": self.searcher.state_dict(),
             "generation": self.generation,
             "batch_start": self.batch_start,
             "cache": [[list(g), list(f)] for g, f in self.cache.items()],
@@ -239,8 +257,9 @@ class _Loop:
             "history": self.history,
         }
 
-    def load(self, saved: dict[str, Any], searcher: Searcher) -> None:
-        searcher.load_state_dict(saved["searcher"])
+    def load(self, saved: dict[str, Any]) -> None:
+        """Restore :meth:`state` output (the searcher's state included)."""
+        self.searcher.load_state_dict(saved["searcher"])
         self.generation = int(saved["generation"])
         self.batch_start = None if saved["batch_start"] is None else int(saved["batch_start"])
         self.cache = {tuple(int(v) for v in g): tuple(float(x) for x in f) for g, f in saved["cache"]}
@@ -248,6 +267,125 @@ class _Loop:
         self.cache_hits = int(saved["cache_hits"])
         self.eval_seconds = float(saved["eval_seconds"])
         self.history = list(saved["history"])
+        self.m = len(next(iter(self.cache.values()))) if self.cache else None
+
+    def resume(self, desc: str) -> bool:
+        """Continue the checkpoint at :attr:`path` when there is one (refused when foreign); True if resumed."""
+        saved = (
+            _read_checkpoint(self.path, self.fingerprint, self.searcher) if self.path is not None else None
+        )
+        if saved is None:
+            return False
+        self.load(saved)
+        log.info(
+            "%s: resuming %s at round %d (%d candidates evaluated) from %s",
+            desc,
+            type(self.searcher).__name__,
+            self.generation + 1,
+            len(self.cache),
+            self.path,
+        )
+        return True
+
+    def save(self) -> None:
+        """Write the checkpoint atomically (nothing without a checkpoint path)."""
+        if self.path is not None:
+            from prunekit.io import write_json
+
+            write_json(self.path, self.state())
+
+    # ------------------------------------------------------------------ one round
+    def ask(self) -> np.ndarray:
+        """The searcher's current round, int64 ``[N, n_genes]``; a new round is checkpointed before any of it is
+        evaluated (a resumed round is not: its ``ask`` returns the same rows)."""
+        cands = np.asarray(self.searcher.ask(), dtype=np.int64).reshape(-1, self.searcher.n_genes)
+        if self.batch_start is None:
+            self.batch_start = len(self.cache)
+            self.save()
+        return cands
+
+    def answer(self, cands: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """Objectives of ``cands`` ``[N, n]`` as float ``[N, M]``, with the round's ``(evaluated, cached)`` counts.
+
+        Rows with ``ok`` False (rejected) get ``+inf``. A feasible row already in the cache is answered from it
+        (a cache hit, unless it was evaluated in this same round before a restart: then it counts as evaluated);
+        every other one is evaluated, in row order, checkpointing every :attr:`checkpoint_every` evaluations.
+        """
+        start = self.batch_start
+        before_restart = set(itertools.islice(self.cache, start, None)) if len(self.cache) > start else set()
+        rows: list[tuple[float, ...] | None] = [None] * len(cands)
+        new = hits = since_save = 0
+        for i in range(len(cands)):
+            if not ok[i]:
+                continue
+            key = tuple(int(v) for v in cands[i])
+            if key in self.cache:  # evaluated in an earlier round or earlier in this one: never again
+                if key in before_restart:
+                    before_restart.discard(key)
+                    new += 1
+                else:
+                    hits += 1
+                rows[i] = self.cache[key]
+                continue
+            rows[i] = self._evaluate(key, cands[i])
+            new += 1
+            since_save += 1
+            if self.checkpoint_every is not None and since_save % self.checkpoint_every == 0:
+                self.save()
+        objs = np.full((len(cands), self.m or self.searcher.n_objectives or 1), np.inf)
+        for i, f in enumerate(rows):
+            if f is not None:
+                objs[i] = f
+        return objs, new, hits
+
+    def _evaluate(self, key: tuple[int, ...], genes: np.ndarray) -> tuple[float, ...]:
+        """``evaluate(genes)`` checked (:func:`_objectives`), timed and cached under ``key``."""
+        t0 = time.perf_counter()
+        f = _objectives(self.evaluate(genes.copy()), genes, self.m)
+        self.eval_seconds += time.perf_counter() - t0
+        self.m = self.m or len(f)
+        self.cache[key] = f
+        return f
+
+    def tell(
+        self, cands: np.ndarray, objs: np.ndarray, *, rejected: int, evaluated: int, cached: int
+    ) -> dict[str, Any]:
+        """Tell the searcher, close the round (history row, checkpoint) and return its history row."""
+        self.rejected += rejected
+        self.cache_hits += cached
+        self.searcher.tell(cands, objs)
+        self.generation += 1
+        self.batch_start = None
+        row = {
+            "generation": self.generation,
+            "asked": len(cands),
+            "evaluated": evaluated,
+            "cached": cached,
+            "rejected": rejected,
+            "evaluations": len(self.cache),
+        }
+        self.history.append(row)
+        self.save()
+        return row
+
+    def result(self, *, resumed: bool, t_start: float) -> SearchResult:
+        """The :class:`SearchResult` of the finished search (``wall_s``: since ``t_start``)."""
+        best = self.searcher.best()
+        pg, po = self.searcher.pareto()
+        return SearchResult(
+            best=best,
+            pareto_genes=pg,
+            pareto_objectives=po,
+            generations=self.generation,
+            evaluations=len(self.cache),
+            rejected=self.rejected,
+            cache_hits=self.cache_hits,
+            eval_seconds=self.eval_seconds,
+            wall_s=time.perf_counter() - t_start,
+            resumed=resumed,
+            history=list(self.history),
+            evaluated=list(self.cache.items()),
+        )
 
 
 def _read_checkpoint(path: Path, fingerprint: str | None, searcher: Searcher) -> dict[str, Any] | None:
@@ -323,123 +461,44 @@ def run_search(
     Raises:
         PrunekitError: an unreadable / foreign checkpoint, or a non-finite objective.
     """
-    from prunekit.io import write_json
-
     if feasible is not None:
         searcher.bind_feasible(feasible)
     path = Path(checkpoint) if checkpoint is not None else None
-    loop = _Loop()
-    saved = _read_checkpoint(path, fingerprint, searcher) if path is not None else None
-    resumed = saved is not None
-    if saved is not None:
-        loop.load(saved, searcher)
-        log.info(
-            "%s: resuming %s at round %d (%d candidates evaluated) from %s",
-            desc,
-            type(searcher).__name__,
-            loop.generation + 1,
-            len(loop.cache),
-            path,
-        )
-    m: int | None = len(next(iter(loop.cache.values()))) if loop.cache else None
-
-    def save() -> None:
-        if path is not None:
-            write_json(path, loop.state(searcher, fingerprint))
-
-    if progress is None:
-        from prunekit.train.loop import progress_enabled
-
-        progress = progress_enabled()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=searcher.max_generations,
-        initial=loop.generation,
-        desc=desc,
-        unit="gen",
-        disable=not progress,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    loop = _Loop(searcher, evaluate, path=path, fingerprint=fingerprint, checkpoint_every=checkpoint_every)
+    resumed = loop.resume(desc)
+    bar = _progress_bar(searcher, initial=loop.generation, progress=progress, desc=desc)
     t_start = time.perf_counter()
     try:
         while not searcher.done:
-            cands = np.asarray(searcher.ask(), dtype=np.int64).reshape(-1, searcher.n_genes)
-            if loop.batch_start is None:  # a new round: checkpoint it before spending evaluations on it
-                loop.batch_start = len(loop.cache)
-                save()
-            ok = _check_feasible(feasible, cands)
-            # evaluated in this round before a restart: they count as this round's evaluations, not cache hits
-            start = loop.batch_start
-            before_restart = (
-                set(itertools.islice(loop.cache, start, None)) if len(loop.cache) > start else set()
-            )
-            rows: list[tuple[float, ...] | None] = [None] * len(cands)
-            new = hits = since_save = 0
-            for i in range(len(cands)):
-                if not ok[i]:
-                    continue
-                key = tuple(int(v) for v in cands[i])
-                if key in loop.cache:  # evaluated in an earlier round or earlier in this one: never again
-                    if key in before_restart:
-                        before_restart.discard(key)
-                        new += 1
-                    else:
-                        hits += 1
-                    rows[i] = loop.cache[key]
-                    continue
-                t0 = time.perf_counter()
-                f = _objectives(evaluate(cands[i].copy()), cands[i], m)
-                loop.eval_seconds += time.perf_counter() - t0
-                m = m or len(f)
-                loop.cache[key] = f
-                rows[i] = f
-                new += 1
-                since_save += 1
-                if checkpoint_every is not None and since_save % checkpoint_every == 0:
-                    save()
-            objs = np.full((len(cands), m or searcher.n_objectives or 1), np.inf)
-            for i, f in enumerate(rows):
-                if f is not None:
-                    objs[i] = f
-            rejected = int((~ok).sum())
-            loop.rejected += rejected
-            loop.cache_hits += hits
-            searcher.tell(cands, objs)
-            loop.generation += 1
-            loop.batch_start = None
-            row = {
-                "generation": loop.generation,
-                "asked": len(cands),
-                "evaluated": new,
-                "cached": hits,
-                "rejected": rejected,
-                "evaluations": len(loop.cache),
-            }
-            loop.history.append(row)
-            save()
+            cands = loop.ask()  # a new round is checkpointed before evaluations are spent on it
+            ok = _check_feasible(feasible, cands)  # rejected: told +inf, never evaluated
+            objs, evaluated, cached = loop.answer(cands, ok)  # the cache, else evaluate (row order)
+            row = loop.tell(cands, objs, rejected=int((~ok).sum()), evaluated=evaluated, cached=cached)
             bar.update(1)
             bar.set_postfix(evaluations=len(loop.cache), refresh=False)
             if on_generation is not None:
                 on_generation(searcher, row)
     finally:
         bar.close()
-    best = searcher.best()
-    pg, po = searcher.pareto()
-    return SearchResult(
-        best=best,
-        pareto_genes=pg,
-        pareto_objectives=po,
-        generations=loop.generation,
-        evaluations=len(loop.cache),
-        rejected=loop.rejected,
-        cache_hits=loop.cache_hits,
-        eval_seconds=loop.eval_seconds,
-        wall_s=time.perf_counter() - t_start,
-        resumed=resumed,
-        history=list(loop.history),
-        evaluated=list(loop.cache.items()),
+    return loop.result(resumed=resumed, t_start=t_start)
+
+
+def _progress_bar(searcher: Searcher, *, initial: int, progress: bool | None, desc: str) -> Any:
+    """The tqdm bar over rounds (``progress=None``: :func:`prunekit.train.loop.progress_enabled`)."""
+    if progress is None:
+        from prunekit.train.loop import progress_enabled
+
+        progress = progress_enabled()
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=searcher.max_generations,
+        initial=initial,
+        desc=desc,
+        unit="gen",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
     )
 
 

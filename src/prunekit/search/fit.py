@@ -11,7 +11,7 @@ to remove. Both evaluate the exact cost after rounding, so the result never exce
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -21,7 +21,7 @@ from prunekit.cost.budget import Budget
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
 from prunekit.search.bisect import bisect_monotone
-from prunekit.space import ChannelSpace, GroupChoice, Plan
+from prunekit.space import ChannelGroup, ChannelSpace, GroupChoice, Plan
 from prunekit.space.widths import legal_width, select_channels, uniform_widths
 
 __all__ = [
@@ -197,8 +197,11 @@ def prune_to_target(
             a group without scores is treated as protected.
         target: the budget (:class:`Budget`; a number is a MACs limit, conv + linear MACs per sample).
         ranking: ``per_layer`` — one ratio ``r`` of each group's original width, top-``k`` per group (bisection on
-            ``r``); ``global`` — scores divided by the mean of the group's alive scores, globally lowest removed
-            first (integer bisection on the number of channels removed). See the module docstring.
+            ``r``, :func:`fit_uniform`); ``global`` — scores divided by the mean of the group's alive scores,
+            globally lowest removed first (integer bisection on the number of channels removed,
+            :func:`_global_widths`), then, for an analytic budget, the budget rounding left unused is given back
+            best next channel first (:func:`_fill`). Either way the widths' top-scored alive channels are kept
+            (:func:`_plan_from_widths_and_scores`). See the module docstring.
         alive: ``{group name: bool Tensor[C]}`` channels still present (earlier iterative steps); dead channels are
             never kept again (score ``-inf``) and widths never grow. ``None`` = every channel alive.
         protected: group names never pruned further.
@@ -215,8 +218,53 @@ def prune_to_target(
     groups = space.groups
     protected = scored_protected(space, scores, protected)
     n_alive = alive_counts(space, alive)
+    masked = _masked_scores(space, scores, alive)
+    prunable = [i for i, g in enumerate(groups) if g.name not in protected]
+    budget = as_budget(target, cost)
+    require_reachable(
+        budget,
+        min_widths(space, protected=protected, alive=alive, round_to=round_to, min_channels=min_channels),
+        who=who,
+        round_to=round_to,
+        min_channels=min_channels,
+        protected=protected,
+    )
+    info: dict[str, float | int]
+    if ranking == "per_layer":
+        fixed = {i: int(n_alive[i]) for i, g in enumerate(groups) if g.name in protected}
+        mult, widths = fit_uniform(
+            space, cost, budget, round_to=round_to, min_channels=min_channels, cap=n_alive, fixed=fixed
+        )
+        info = {"ratio": 1.0 - mult}
+    elif ranking == "global":
+        norm = _normalised_scores(masked, groups, prunable)
+        widths, removed = _global_widths(
+            space, budget, masked, norm, prunable, n_alive, round_to=round_to, min_channels=min_channels
+        )
+        # only for analytic budgets: a measured latency is checked by an ONNX export per trial, and its noise is
+        # larger than what one channel changes
+        if budget.analytic:
+            widths = _fill(space, budget, widths, norm, prunable, n_alive, round_to=round_to)
+        info = {"removed_by_threshold": removed}
+    else:
+        raise ValueError(f"ranking must be 'global' or 'per_layer', got {ranking!r}")
+    plan = _plan_from_widths_and_scores(space, widths, masked, alive, spec)
+    plan.meta.update(info)
+    return plan
+
+
+def _masked_scores(
+    space: ChannelSpace, scores: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """``{group name: float64 Tensor[C]}`` on the CPU for every group of ``space``: its scores (zeros without
+    any), dead channels (``alive`` False) at ``-inf`` so they are never kept again.
+
+    Raises:
+        ValueError: a group's scores have the wrong length.
+        PrunekitError: an alive channel's score is not finite.
+    """
     masked: dict[str, torch.Tensor] = {}
-    for g in groups:
+    for g in space.groups:
         s = (
             scores[g.name].detach().to("cpu", torch.float64).reshape(-1).clone()
             if g.name in scores
@@ -232,90 +280,121 @@ def prune_to_target(
         if live is not None:
             s[~live] = float("-inf")
         masked[g.name] = s
-    prunable = [i for i, g in enumerate(groups) if g.name not in protected]
+    return masked
 
-    def lw(i: int, w: float) -> int:
-        return min(int(n_alive[i]), legal_width(groups[i], w, round_to=round_to, min_channels=min_channels))
 
-    budget = as_budget(target, cost)
-    limit, macs, what = budget.load_limit, budget.load, _what(budget)
-    require_reachable(
-        budget,
-        min_widths(space, protected=protected, alive=alive, round_to=round_to, min_channels=min_channels),
-        who=who,
-        round_to=round_to,
-        min_channels=min_channels,
-        protected=protected,
-    )
+def _normalised_scores(
+    masked: Mapping[str, torch.Tensor], groups: Sequence[ChannelGroup], prunable: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """``{group index: float64 Tensor[C]}`` for the ``prunable`` groups: the masked scores divided by the mean of
+    the group's alive scores (Li et al.'s per-layer normalisation, so groups compare globally); a group whose mean
+    is not positive scores 0 throughout. Dead channels stay ``-inf``."""
+    norm: dict[int, torch.Tensor] = {}
+    for i in prunable:
+        s = masked[groups[i].name]
+        live = torch.isfinite(s)
+        mean = float(s[live].mean()) if live.any() else 0.0
+        norm[i] = s / mean if mean > 0 else torch.where(live, 0.0, float("-inf")).to(torch.float64)
+    return norm
 
-    if ranking == "per_layer":
-        fixed = {i: int(n_alive[i]) for i, g in enumerate(groups) if g.name in protected}
-        mult, widths = fit_uniform(
-            space, cost, budget, round_to=round_to, min_channels=min_channels, cap=n_alive, fixed=fixed
-        )
-        info = {"ratio": 1.0 - mult}
-    elif ranking == "global":
-        norm = {}
-        cand_group, cand_chan, cand_score = [], [], []
+
+def _global_widths(
+    space: ChannelSpace,
+    budget: Budget,
+    masked: Mapping[str, torch.Tensor],
+    norm: Mapping[int, torch.Tensor],
+    prunable: Sequence[int],
+    n_alive: np.ndarray,
+    *,
+    round_to: int,
+    min_channels: int,
+) -> tuple[np.ndarray, int]:
+    """Global ranking: remove the alive channels (finite ``masked`` score) of the ``prunable`` groups lowest
+    normalised score (``norm``) first, ties by group then channel, and bisect the number ``k`` removed (integer;
+    the budget load is monotone in it) to the largest model within ``budget``. Each group keeps the legal width
+    (:func:`legal_width`, at most its alive count) of what is left of it.
+
+    Returns:
+        ``(widths int64 [G], k)``.
+    """
+    groups = space.groups
+    cand_group, cand_chan, cand_score = [], [], []
+    for i in prunable:
+        idx = torch.nonzero(torch.isfinite(masked[groups[i].name])).flatten()  # the alive channels
+        cand_group.append(np.full(len(idx), i, dtype=np.int64))
+        cand_chan.append(idx.numpy())
+        cand_score.append(norm[i][idx].numpy())
+    grp = np.concatenate(cand_group) if cand_group else np.zeros(0, dtype=np.int64)
+    chan = np.concatenate(cand_chan) if cand_chan else np.zeros(0, dtype=np.int64)
+    val = np.concatenate(cand_score) if cand_score else np.zeros(0)
+    order_grp = grp[np.lexsort((chan, grp, val))]  # ascending normalised score, ties by (group, channel)
+
+    def widths_after(k: int) -> np.ndarray:
+        removed = np.bincount(order_grp[:k], minlength=len(groups))
+        w = n_alive.copy()
         for i in prunable:
-            s = masked[groups[i].name]
-            live = torch.isfinite(s)
-            mean = float(s[live].mean()) if live.any() else 0.0
-            ns = s / mean if mean > 0 else torch.where(live, 0.0, float("-inf")).to(torch.float64)
-            norm[i] = np.sort(ns.numpy())[::-1]  # descending; dead channels (-inf) last
-            idx = torch.nonzero(live).flatten()
-            cand_group.append(np.full(len(idx), i, dtype=np.int64))
-            cand_chan.append(idx.numpy())
-            cand_score.append(ns[idx].numpy())
-        grp = np.concatenate(cand_group) if cand_group else np.zeros(0, dtype=np.int64)
-        chan = np.concatenate(cand_chan) if cand_chan else np.zeros(0, dtype=np.int64)
-        val = np.concatenate(cand_score) if cand_score else np.zeros(0)
-        order_grp = grp[np.lexsort((chan, grp, val))]  # ascending normalised score, ties by (group, channel)
+            left = float(n_alive[i] - removed[i])
+            w[i] = min(
+                int(n_alive[i]), legal_width(groups[i], left, round_to=round_to, min_channels=min_channels)
+            )
+        return w
 
-        def widths_after(k: int) -> np.ndarray:
-            removed = np.bincount(order_grp[:k], minlength=len(groups))
-            w = n_alive.copy()
-            for i in prunable:
-                w[i] = lw(i, float(n_alive[i] - removed[i]))
-            return w
+    res = bisect_monotone(
+        lambda k: budget.load(widths_after(int(k))),
+        0,
+        len(order_grp),
+        budget.load_limit,
+        increasing=False,
+        tol_rel=0.0,
+        integer=True,
+        what=_what(budget),
+    )
+    return widths_after(int(res.x)), int(res.x)
 
-        res = bisect_monotone(
-            lambda k: macs(widths_after(int(k))),
-            0,
-            len(order_grp),
-            limit,
-            increasing=False,
-            tol_rel=0.0,
-            integer=True,
-            what=what,
-        )
-        widths = widths_after(int(res.x))
-        removed_by_threshold = int(res.x)
-        # fill: rounding leaves budget unused; give it back, best next channel (normalised score) first. Only for
-        # analytic budgets: a measured latency is checked by an ONNX export per trial, and its noise is larger
-        # than what one channel changes
-        while budget.analytic:
-            cands = []
-            for i in prunable:
-                nxt = min(
-                    int(n_alive[i]), legal_width(groups[i], widths[i] + 1, round_to=round_to, mode="ceil")
-                )
-                if nxt > widths[i]:
-                    cands.append((-float(norm[i][widths[i]]), i, nxt))
-            for _, i, nxt in sorted(cands):
-                trial = widths.copy()
-                trial[i] = nxt
-                if macs(trial) <= limit:
-                    widths = trial
-                    break
-            else:
+
+def _fill(
+    space: ChannelSpace,
+    budget: Budget,
+    widths: np.ndarray,
+    norm: Mapping[int, torch.Tensor],
+    prunable: Sequence[int],
+    n_alive: np.ndarray,
+    *,
+    round_to: int,
+) -> np.ndarray:
+    """Give back the budget rounding left unused: repeatedly grow, by one rounding step (at most to its alive
+    count), the prunable group whose best next channel (normalised score) is highest among those that still fit
+    within ``budget``; stop when none fits. Returns the new widths (``widths`` is not modified)."""
+    groups = space.groups
+    desc = {i: np.sort(norm[i].numpy())[::-1] for i in prunable}  # descending; dead channels (-inf) last
+    limit = budget.load_limit
+    while True:
+        cands = []
+        for i in prunable:
+            nxt = min(int(n_alive[i]), legal_width(groups[i], widths[i] + 1, round_to=round_to, mode="ceil"))
+            if nxt > widths[i]:
+                cands.append((-float(desc[i][widths[i]]), i, nxt))
+        for _, i, nxt in sorted(cands):
+            trial = widths.copy()
+            trial[i] = nxt
+            if budget.load(trial) <= limit:
+                widths = trial
                 break
-        info = {"removed_by_threshold": removed_by_threshold}
-    else:
-        raise ValueError(f"ranking must be 'global' or 'per_layer', got {ranking!r}")
+        else:
+            return widths
 
+
+def _plan_from_widths_and_scores(
+    space: ChannelSpace,
+    widths: np.ndarray,
+    masked: Mapping[str, torch.Tensor],
+    alive: Mapping[str, torch.Tensor] | None,
+    spec: str | None,
+) -> Plan:
+    """The :class:`Plan` keeping, in every group narrower than its original width, its ``widths[g]`` top-scored
+    channels (:func:`select_channels` on the masked scores, so never a dead one)."""
     plan = Plan(model=spec, input_shape=list(space.input_shape))
-    for i, g in enumerate(groups):
+    for i, g in enumerate(space.groups):
         w = int(widths[i])
         if w >= g.channels:
             continue
@@ -323,5 +402,4 @@ def prune_to_target(
         if len(keep) != w or (alive is not None and g.name in alive and not bool(alive[g.name][keep].all())):
             raise AssertionError(f"internal: group {g.name} kept {len(keep)} channels for width {w}")
         plan.groups[g.name] = GroupChoice(channels=g.channels, keep=keep)
-    plan.meta.update(info)
     return plan
