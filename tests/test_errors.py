@@ -128,3 +128,20 @@ def test_prefix_and_model_level_errors():
 def test_long_input_is_shortened_to_one_line():
     msg = validation_message(_error({**GOOD, "train": {"lr": "x\n" * 100}}), what="config")
     assert "\n" not in msg and msg.endswith("...)") and len(msg) < 250
+
+
+def test_every_error_in_one_line():
+    from pydantic import BaseModel, Field, ValidationError
+
+    from prunekit.errors import validation_message
+
+    class M(BaseModel):
+        a: int = Field(gt=0)
+        b: str
+
+    try:
+        M(a=-1)
+    except ValidationError as exc:
+        first, every = validation_message(exc, what="x"), validation_message(exc, what="x", every=True)
+    assert "'a'" in first and "'b'" not in first
+    assert "'a'" in every and "missing required key 'b'" in every and "; " in every and "\n" not in every

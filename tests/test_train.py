@@ -137,7 +137,7 @@ def test_config_validation_messages():
     with pytest.raises(PrunekitError) as ei:
         parse_train_config({"epochs": 1, "lr": -1, "schedule": "cosine_annealing"})
     msg = str(ei.value)
-    assert "\n" not in msg and "lr:" in msg and "schedule:" in msg and "-1" in msg
+    assert "\n" not in msg and "'lr':" in msg and "'schedule':" in msg and "-1" in msg
     assert parse_train_config({"epochs": 0.2}).epochs == 0.2
     assert total_steps(TrainConfig(epochs=0.25), 8) == 2
     assert total_steps(TrainConfig(epochs=0.01), 8) == 1

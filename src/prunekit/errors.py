@@ -34,6 +34,7 @@ def validation_message(
     drop: Collection[str] = (),
     prefix: str = "",
     reference: str | None = "the config reference in README.md",
+    every: bool = False,
 ) -> str:
     """One line describing the first error of a pydantic ``ValidationError``, for a :class:`PrunekitError`.
 
@@ -43,12 +44,13 @@ def validation_message(
     <input>)``. Locations are dotted (list indices as ``[i]``).
 
     Args:
-        exc: the validation error; only its first error is reported.
+        exc: the validation error; its first error is reported (every error with ``every``).
         what: the thing that was validated, e.g. ``"config"`` or ``"plan"``.
         drop: location parts to leave out, e.g. the discriminator tags pydantic inserts for the members of a
             tagged union (``method.magnitude.steps`` -> ``method.steps``).
         prefix: a dotted location prepended to every location (where the validated mapping sits in its document).
         reference: where the valid keys are documented, named in the unknown-key hint; ``None``: no pointer.
+        every: report every error, joined by ``; `` (still one line), instead of the first one.
 
     Returns:
         The message: one line, no trailing newline (this function itself raises nothing).
@@ -56,7 +58,13 @@ def validation_message(
     errors = exc.errors()
     if not errors:  # pragma: no cover - pydantic never raises an empty ValidationError
         return f"invalid {what}: {exc}"
-    err = errors[0]
+    shown = errors if every else errors[:1]
+    problems = "; ".join(_problem(err, drop=drop, prefix=prefix, reference=reference) for err in shown)
+    return " ".join(f"invalid {what}: {problems}".split())  # one line, whatever the messages contain
+
+
+def _problem(err: dict, *, drop: Collection[str], prefix: str, reference: str | None) -> str:
+    """The problem of one pydantic error dict, as described in :func:`validation_message`."""
     loc = "".join(
         f"[{part}]" if isinstance(part, int) else f".{part}"
         for part in (*((prefix,) if prefix else ()), *err["loc"])
@@ -67,21 +75,18 @@ def validation_message(
         msg = msg.removeprefix(p)
     if kind == "extra_forbidden":
         hint = "check the spelling" + (f"; see {reference}" if reference else "")
-        problem = f"unknown key {loc!r} ({hint})"
-    elif kind == "missing":
-        problem = f"missing required key {loc!r}"
-    elif kind == "union_tag_not_found":
+        return f"unknown key {loc!r} ({hint})"
+    if kind == "missing":
+        return f"missing required key {loc!r}"
+    if kind in ("union_tag_not_found", "union_tag_invalid"):
         key = _join(loc, str(ctx.get("discriminator", "")).strip("'"))
-        problem = f"missing required key {key!r}"
-    elif kind == "union_tag_invalid":
-        key = _join(loc, str(ctx.get("discriminator", "")).strip("'"))
-        problem = (
+        if kind == "union_tag_not_found":
+            return f"missing required key {key!r}"
+        return (
             f"invalid value for {key!r}: expected one of {ctx.get('expected_tags')} (got {ctx.get('tag')!r})"
         )
-    else:
-        where = f"invalid value for {loc!r}: " if loc else ""
-        problem = f"{where}{msg} (got {_short(err.get('input'))})"
-    return " ".join(f"invalid {what}: {problem}".split())  # one line, whatever the messages contain
+    where = f"invalid value for {loc!r}: " if loc else ""
+    return f"{where}{msg} (got {_short(err.get('input'))})"
 
 
 def _join(loc: str, key: str) -> str:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, validation_message
 
 __all__ = [
     "SMOKE_DATA",
@@ -130,8 +130,8 @@ def parse_train_config(data: TrainConfig | Mapping[str, Any]) -> TrainConfig:
     """Validate a mapping (e.g. parsed YAML) into a :class:`TrainConfig`.
 
     Raises:
-        PrunekitError: one line naming every invalid field, e.g.
-            ``invalid train config: lr: Input should be greater than 0 (got -1)``.
+        PrunekitError: one line naming every invalid field (:func:`prunekit.errors.validation_message`), e.g.
+            ``invalid train config: invalid value for 'lr': Input should be greater than 0 (got -1)``.
     """
     if isinstance(data, TrainConfig):
         return data
@@ -140,13 +140,7 @@ def parse_train_config(data: TrainConfig | Mapping[str, Any]) -> TrainConfig:
     try:
         return TrainConfig.model_validate(dict(data))
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "config"
-            msg = err["msg"].removeprefix("Value error, ")
-            got = f" (got {err['input']!r})" if err["type"] != "missing" and loc != "config" else ""
-            parts.append(f"{loc}: {msg}{got}")
-        raise PrunekitError("invalid train config: " + "; ".join(parts)) from None
+        raise PrunekitError(validation_message(exc, what="train config", every=True)) from None
 
 
 # ----------------------------------------------------------------------------------------------- optimizer
