@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch.nn as nn
@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
+from prunekit.progress import progress_bar
 from prunekit.space import ChannelSpace, Plan, apply, plan_from_widths
 
 __all__ = [
@@ -143,6 +144,7 @@ class MeasuredLatency:
         self.model, self.space, self.input_shape = model, space, tuple(int(x) for x in input_shape)
         self.threads, self.max_time_s = int(threads), float(max_time_s)
         self._cache: dict[tuple[int, ...], float] = {}
+        self._bar: Any = None
 
     def __call__(self, widths: np.ndarray) -> float:
         from prunekit.cost.latency import measure_ort_latency
@@ -162,7 +164,15 @@ class MeasuredLatency:
                 max_time_s=self.max_time_s,
             )
             self._cache[key] = float(stats[1].median_ms)
+            self._progress(self._cache[key])
         return self._cache[key]
+
+    def _progress(self, ms: float) -> None:
+        """One tick of the "latency (ORT)" progress bar: a search measures many models, each an ONNX export."""
+        if self._bar is None:
+            self._bar = progress_bar(desc="latency (ORT)", unit="model")
+        self._bar.update(1)
+        self._bar.set_postfix(last=f"{ms:.3f} ms", refresh=False)
 
     @property
     def evaluations(self) -> int:

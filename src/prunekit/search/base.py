@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from prunekit.errors import PrunekitError
+from prunekit.progress import progress_enabled
 from prunekit.search.genes import GeneBounds, new_rng, rng_from_state, rng_state
 
 __all__ = [
@@ -451,7 +452,7 @@ def run_search(
             another fingerprint raises :class:`~prunekit.errors.PrunekitError`.
         checkpoint_every: also checkpoint every this many evaluations inside a round (None: only per round).
         on_generation: ``on_generation(searcher, row)`` after each tell (logging); ``row`` is the history row.
-        progress: show a tqdm bar (None: :func:`prunekit.train.loop.progress_enabled`, i.e. a TTY and
+        progress: show a tqdm bar (None: :func:`prunekit.progress.progress_enabled`, i.e. a TTY and
             ``PRUNEKIT_NO_PROGRESS`` unset).
         desc: the progress bar's label.
 
@@ -484,10 +485,8 @@ def run_search(
 
 
 def _progress_bar(searcher: Searcher, *, initial: int, progress: bool | None, desc: str) -> Any:
-    """The tqdm bar over rounds (``progress=None``: :func:`prunekit.train.loop.progress_enabled`)."""
+    """The tqdm bar over rounds (``progress=None``: :func:`prunekit.progress.progress_enabled`)."""
     if progress is None:
-        from prunekit.train.loop import progress_enabled
-
         progress = progress_enabled()
     from tqdm.auto import tqdm
 

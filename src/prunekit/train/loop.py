@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from prunekit.errors import PrunekitError
 from prunekit.io import load_checkpoint, save_checkpoint
+from prunekit.progress import progress_enabled
 from prunekit.train.distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -208,16 +209,6 @@ class FitResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def progress_enabled() -> bool:
-    """True when progress bars should be shown: stderr is a TTY and ``PRUNEKIT_NO_PROGRESS`` is unset/0."""
-    if os.environ.get("PRUNEKIT_NO_PROGRESS", "").strip() not in ("", "0"):
-        return False
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _split_batch(batch: Any) -> tuple[Any, Any]:
