@@ -130,6 +130,88 @@ class FlattenLinear(nn.Module):
         return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
 
 
+class Fire(nn.Module):
+    """SqueezeNet's fire module: 1x1 squeeze, then 1x1 and 3x3 expands concatenated (in-place ReLUs, as torchvision)."""
+
+    def __init__(self, cin, squeeze, expand):
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.squeeze_act = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze, expand, 1)
+        self.expand1x1_act = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze, expand, 3, padding=1)
+        self.expand3x3_act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.squeeze_act(self.squeeze(x))
+        return torch.cat([self.expand1x1_act(self.expand1x1(x)), self.expand3x3_act(self.expand3x3(x))], 1)
+
+
+class SqueezeLike(nn.Module):
+    """SqueezeNet-style classifier with no Linear: fires -> dropout -> 1x1 conv to the classes -> ReLU -> global
+    average pool -> flatten. The classifier conv's output channels are the logits."""
+
+    def __init__(self, num_classes=10, in_chans=3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, 16, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, ceil_mode=True),
+            Fire(16, 4, 8),
+            Fire(16, 4, 8),
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.Conv2d(16, num_classes, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)
+        )
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+class InplaceHead(nn.Module):
+    """conv -> ReLU -> dropout -> 1x1 conv to the classes -> in-place ReLU -> global pool -> flatten."""
+
+    def __init__(self, num_classes=10, in_chans=3):
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, 8, 3, padding=1)
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.Conv2d(8, num_classes, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)
+        )
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(F.relu(self.stem(x))), 1)
+
+
+class SegHead(nn.Module):
+    """Segmentation-style: convs -> a last 1x1 conv producing the (N, K, H, W) map, optionally upsampled + softmax."""
+
+    def __init__(self, num_classes=5, in_chans=3, upsample=False):
+        super().__init__()
+        self.c1 = nn.Conv2d(in_chans, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 12, 3, stride=2 if upsample else 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.head = nn.Conv2d(12, num_classes, 1)
+        self.upsample = upsample
+
+    def forward(self, x):
+        y = self.head(F.relu(self.bn2(self.c2(F.relu(self.bn1(self.c1(x)))))))
+        if self.upsample:
+            y = F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False).softmax(1)
+        return y
+
+
+class NothingPrunable(nn.Module):
+    """One conv straight to the classes, then pooling: its only channel group reaches the output."""
+
+    def __init__(self, num_classes=10, in_chans=3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, num_classes, 3, padding=1)
+
+    def forward(self, x):
+        return torch.flatten(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1), 1)
+
+
 # ---------------------------------------------------------------- random architectures (hypothesis)
 class _Block(nn.Module):
     def __init__(self, kind: str, cin: int, cout: int, stride: int, expand: int):
@@ -197,7 +279,10 @@ class RandomNet(nn.Module):
         in_chans: int = 3,
         num_classes: int = 4,
         flatten: bool = False,
+        head: str = "linear",
     ):
+        """``head``: ``linear`` (pool -> flatten -> Linear), ``conv`` (1x1 conv to the classes -> pool -> flatten,
+        SqueezeNet style) or ``map`` (1x1 conv to the classes, the (N, K, H, W) map is the output)."""
         super().__init__()
         layers, c = [], in_chans
         for i, (kind, cout, stride, expand) in enumerate(blocks):
@@ -209,9 +294,17 @@ class RandomNet(nn.Module):
             c = cout
         self.features = nn.Sequential(*layers)
         self.flatten = flatten
-        self.classifier = nn.Linear(c * (4 if flatten else 1), num_classes)
+        self.head = head
+        if head == "linear":
+            self.classifier = nn.Linear(c * (4 if flatten else 1), num_classes)
+        else:
+            self.classifier = nn.Conv2d(c, num_classes, 1)
 
     def forward(self, x):
         x = self.features(x)
+        if self.head == "map":
+            return self.classifier(x)
+        if self.head == "conv":
+            return torch.flatten(F.adaptive_avg_pool2d(F.relu(self.classifier(x)), 1), 1)
         x = F.adaptive_avg_pool2d(x, 2 if self.flatten else 1)
         return self.classifier(torch.flatten(x, 1))

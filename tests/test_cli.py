@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from prunekit.cli import main
 from prunekit.models import list_models
+
+NETS = Path(__file__).with_name("nets.py")
 
 
 def run(args, capsys):
@@ -63,8 +66,56 @@ def test_check_passes_on_every_reference_model(name, capsys):
     code, out, _ = run(["check", name, "--input-size", size, "--json", "--num-classes", "10"], capsys)
     data = json.loads(out)
     assert code == 0, data["checks"]
-    assert data["ok"] and len(data["checks"]) == 4
+    assert data["ok"] and len(data["checks"]) == 6
     assert data["pruned"]["macs"] < data["baseline"]["macs"]
+    assert data["channels_pruned"] > 0 and data["output_shape"] == data["pruned_output_shape"]
+
+
+def test_check_fails_when_nothing_is_prunable(capsys):
+    code, out, _ = run(["check", f"{NETS}:NothingPrunable", "--input-size", "16", "--no-onnx"], capsys)
+    assert code == 1
+    assert (
+        "FAIL something to prune: nothing to prune: every channel group was dropped "
+        "(reasons: channels reach the model output: conv)" in " ".join(out.split())
+    )
+    code, out, _ = run(
+        ["check", f"{NETS}:NothingPrunable", "--input-size", "16", "--no-onnx", "--json"], capsys
+    )
+    data = json.loads(out)
+    assert code == 1 and not data["ok"] and data["groups"] == 0
+    assert data["dropped_by_reason"] == {"channels reach the model output": ["conv"]}
+    first = data["checks"][0]
+    assert first["name"] == "something to prune" and not first["ok"]
+
+
+def test_check_fails_when_the_plan_prunes_nothing(capsys):
+    code, out, _ = run(["check", "resnet20", "--ratio", "0", "--no-onnx", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 1 and data["channels_pruned"] == 0
+    bad = [c for c in data["checks"] if not c["ok"]]
+    assert [c["name"] for c in bad] == ["something to prune"]
+    assert "the plan keeps every channel" in bad[0]["detail"]
+
+
+def test_check_squeezenet_style_keeps_the_classes(capsys):
+    code, out, _ = run(["check", f"{NETS}:SqueezeLike", "--input-size", "32", "--no-onnx", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0, data["checks"]
+    assert data["output_shape"] == data["pruned_output_shape"] == [[2, 10]]
+    assert data["dropped_by_reason"] == {"channels reach the model output": ["classifier.1"]}
+    assert data["pruned"]["macs"] < data["baseline"]["macs"]
+
+
+def test_check_fails_when_the_output_shape_changes(monkeypatch, capsys):
+    """With output detection disabled (the old bug) the classifier conv loses classes: the check must say so."""
+    import prunekit.space.channels as channels
+
+    monkeypatch.setattr(channels, "_output_reach", lambda dg, name_of: (set(), set()))
+    code, out, _ = run(["check", f"{NETS}:SqueezeLike", "--input-size", "32", "--no-onnx", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 1
+    shape = next(c for c in data["checks"] if c["name"] == "output shape == original")
+    assert not shape["ok"] and shape["detail"] == "pruned (2, 5) != original (2, 10)"
 
 
 def test_check_reports_failure_with_exit_1(monkeypatch, capsys):

@@ -11,8 +11,12 @@ from tests.nets import (
     DepthwiseChain,
     FlattenLinear,
     GroupedConv,
+    InplaceHead,
+    NothingPrunable,
     RandomNet,
     ResidualProj,
+    SegHead,
+    SqueezeLike,
     randomize_bn,
 )
 
@@ -20,6 +24,7 @@ from prunekit import importance
 from prunekit.cost.macs import CostModel, count_params, measure_macs
 from prunekit.errors import PrunekitError
 from prunekit.space import ChannelSpace, GroupChoice, Plan, apply, mask, plan_from_ratio
+from prunekit.space.channels import OUTPUT_REASON
 
 SHAPE = (1, 3, 16, 16)
 
@@ -187,6 +192,53 @@ def test_masks_survive_reapplication_after_sgd_step():
     assert torch.count_nonzero(masked.get_parameter("b1c1.weight")[:, dead]) == 0
 
 
+def test_conv_classifier_behind_pooling_is_never_pruned():
+    """SqueezeNet style: the 1x1 classifier conv reaches the output through ReLU, global pooling and flatten."""
+    model = randomize_bn(SqueezeLike(num_classes=10)).eval()
+    space = ChannelSpace.build(model, (1, 3, 32, 32))
+    assert "classifier.1" not in space.names()
+    assert f"classifier.1: {OUTPUT_REASON}" in space.dropped
+    assert "classifier.1" in space.output_layers
+    assert not any(m.module == "classifier.1" and m.dim == "out" for g in space for m in g.members)
+    pruned = apply(model, plan_from_ratio(space, 0.5), space).eval()
+    assert pruned.get_submodule("classifier.1").out_channels == 10
+    assert count_params(pruned) < count_params(model)  # the rest of the net is pruned
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert pruned(x).shape == model(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("upsample", [False, True])
+def test_segmentation_map_channels_are_never_pruned(upsample):
+    model = randomize_bn(SegHead(num_classes=5, upsample=upsample)).eval()
+    space = ChannelSpace.build(model, SHAPE)
+    assert set(space.names()) == {"c1", "c2"}
+    assert space.dropped == [f"head: {OUTPUT_REASON}"]
+    pruned = apply(model, plan_from_ratio(space, 0.5), space).eval()
+    assert pruned.head.out_channels == 5
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert pruned(x).shape == model(x).shape == (2, 5, 16, 16)
+
+
+def test_nothing_prunable_space_is_empty_with_the_reason():
+    space = ChannelSpace.build(NothingPrunable(), SHAPE)
+    assert len(space) == 0
+    assert space.dropped == [f"conv: {OUTPUT_REASON}"]
+
+
+def test_batch_one_input_is_traced_batched():
+    """torch-pruning calls model(*example_inputs): a bare batch-1 tensor would be traced unbatched, and an in-place
+    ReLU after a conv then hides the conv from the graph (its input columns were left unsliced)."""
+    model = InplaceHead().eval()
+    for n in (1, 2):
+        space = ChannelSpace.build(model, (n, 3, 16, 16))
+        assert space.summary_rows()[0]["members"] == ["stem.out", "classifier.1.in"], n
+        pruned = apply(model, plan_from_ratio(space, 0.5), space).eval()
+        with torch.no_grad():
+            assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
 # ------------------------------------------------------------------ property-based: random architectures
 block = st.tuples(
     st.sampled_from(["conv", "residual", "inverted", "concat", "grouped"]),
@@ -203,14 +255,19 @@ block = st.tuples(
     flatten=st.booleans(),
     seed=st.integers(0, 1000),
     crit=st.sampled_from(["l1", "l2", "bn_scale", "random"]),
+    head=st.sampled_from(["linear", "conv", "map"]),
 )
-def test_random_architectures_pruned_equals_masked(blocks, ratio, flatten, seed, crit):
+def test_random_architectures_pruned_equals_masked(blocks, ratio, flatten, seed, crit, head):
     torch.manual_seed(seed)
-    model = randomize_bn(RandomNet(blocks, flatten=flatten), seed).eval()
+    model = randomize_bn(RandomNet(blocks, flatten=flatten, head=head), seed).eval()
     space = ChannelSpace.build(model, SHAPE)
-    # groups are only left unpruned around concatenations the tracer cannot map safely
+    # the classifier's outputs are never pruned, whatever the head (Linear, conv + pooling, output map) ...
+    assert f"classifier: {OUTPUT_REASON}" in space.dropped
+    assert not any(m.module == "classifier" and m.dim == "out" for g in space for m in g.members)
+    # ... and other groups are only left unpruned around concatenations the tracer cannot map safely
+    others = [d for d in space.dropped if not d.endswith(OUTPUT_REASON)]
     if not any(k == "concat" for k, *_ in blocks):
-        assert not space.dropped, space.dropped
+        assert not others, space.dropped
     try:
         plan = plan_from_ratio(space, ratio, model=model, importance=importance.get(crit))
     except PrunekitError:
@@ -221,6 +278,8 @@ def test_random_architectures_pruned_equals_masked(blocks, ratio, flatten, seed,
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         yp, ym = pruned(x), masked.eval()(x)
+        assert yp.shape == model(x).shape
+    assert pruned.classifier.weight.shape[0] == 4  # num_classes
     assert torch.allclose(yp, ym, atol=1e-4 * (1 + ym.abs().max().item()))
     cost = CostModel(space).cost(plan)
     assert cost.macs == measure_macs(pruned, SHAPE)

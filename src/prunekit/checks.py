@@ -2,7 +2,10 @@
 
 For a plan pruning ``ratio`` of every channel group by L1 importance, verify on random input that
 
-1. the pruned model runs forward and backward (finite gradients);
+0. something is pruned: the space has prunable groups and the plan removes channels (a check that passes because
+   nothing was pruned proves nothing), reporting how many groups were dropped and why;
+1. the pruned model runs forward and backward (finite gradients) and its outputs have the original model's shapes
+   (channels reaching an output, e.g. class logits, are never pruned);
 2. pruned and masked models give the same outputs in eval mode (BN statistics are randomised first so that a wrong
    channel mapping cannot hide behind identity BN layers), ``max|diff| <= 1e-4 * max(1, max|y|)``;
 3. analytic MACs / params (:class:`~prunekit.cost.macs.CostModel`) equal those measured on the pruned model
@@ -23,6 +26,7 @@ import torch.nn as nn
 from prunekit import importance
 from prunekit.cost.macs import CostModel, count_params, measure_macs
 from prunekit.space import ChannelSpace, apply, mask, plan_from_ratio
+from prunekit.space.channels import _all_tensors
 
 
 @dataclass
@@ -47,6 +51,38 @@ def randomize_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def dropped_by_reason(space: ChannelSpace) -> dict[str, list[str]]:
+    """``{reason: [group names]}`` for the groups left out of ``space`` (``space.dropped`` is ``"name: reason"``)."""
+    out: dict[str, list[str]] = {}
+    for entry in space.dropped:
+        name, _, reason = entry.partition(": ")
+        out.setdefault(reason or "unknown", []).append(name)
+    return out
+
+
+def _prunable_check(space: ChannelSpace, pruned_channels: int, ratio: float) -> CheckResult:
+    reasons = dropped_by_reason(space)
+    why = "; ".join(f"{r}: {', '.join(n)}" for r, n in reasons.items())
+    if not len(space):
+        if space.dropped:
+            detail = f"nothing to prune: every channel group was dropped (reasons: {why})"
+        else:
+            detail = "nothing to prune: the space has no prunable groups"
+        return CheckResult("something to prune", False, detail)
+    total = int(space.channels.sum())
+    detail = f"{len(space)} groups, {pruned_channels} of {total} channels pruned at ratio {ratio}"
+    detail += f"; {len(space.dropped)} dropped" + (f" ({why})" if why else "")
+    if pruned_channels == 0:
+        return CheckResult(
+            "something to prune", False, f"nothing to prune: the plan keeps every channel ({detail})"
+        )
+    return CheckResult("something to prune", True, detail)
+
+
+def _shapes(y) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in _all_tensors(y)]
+
+
 def run_checks(
     model: nn.Module,
     input_shape: tuple[int, int, int, int],
@@ -55,7 +91,8 @@ def run_checks(
     onnx: bool = True,
     seed: int = 0,
 ) -> tuple[list[CheckResult], dict]:
-    """Run the four checks; returns ``(results, facts)`` with facts = group count, MACs/params before and after.
+    """Run the checks; returns ``(results, facts)``: facts = group count, dropped groups (and by reason), pruned
+    channels, output shapes, MACs/params before and after.
 
     Raises:
         PrunekitError: the model cannot be traced on ``input_shape``, or ratio is outside [0, 1).
@@ -68,8 +105,29 @@ def run_checks(
     before, after = cm.cost(), cm.cost(plan)
     pruned = apply(model, plan, space)
     masked, _ = mask(model, plan, space)
-    results: list[CheckResult] = []
+    pruned_channels = sum(len(plan.pruned(g)) for g in space)
+    results: list[CheckResult] = [_prunable_check(space, pruned_channels, ratio)]
     x = torch.randn(2, *input_shape[1:])
+    with torch.no_grad():
+        want = _shapes(model(x))
+    got: list[tuple[int, ...]] = []
+
+    try:
+        with torch.no_grad():
+            got = _shapes(pruned(x))
+        results.append(
+            CheckResult(
+                "output shape == original",
+                got == want,
+                f"{_fmt_shapes(got)}"
+                if got == want
+                else f"pruned {_fmt_shapes(got)} != original {_fmt_shapes(want)}",
+            )
+        )
+    except Exception as exc:
+        results.append(
+            CheckResult("output shape == original", False, f"{type(exc).__name__}: {str(exc)[:160]}")
+        )
 
     try:
         trainee = copy.deepcopy(
@@ -130,8 +188,17 @@ def run_checks(
         "baseline": before.as_dict(),
         "pruned": after.as_dict(),
         "dropped_groups": list(space.dropped),
+        "dropped_by_reason": dropped_by_reason(space),
+        "channels": int(space.channels.sum()) if len(space) else 0,
+        "channels_pruned": pruned_channels,
+        "output_shape": [list(t) for t in want],
+        "pruned_output_shape": [list(t) for t in got],
     }
     return results, facts
+
+
+def _fmt_shapes(shapes: list[tuple[int, ...]]) -> str:
+    return ", ".join(str(tuple(s)) for s in shapes) or "no tensor output"
 
 
 def results_json(results: list[CheckResult], facts: dict) -> dict:

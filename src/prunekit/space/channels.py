@@ -7,8 +7,9 @@ Coupling is computed by torch-pruning's :class:`~torch_pruning.DependencyGraph` 
 Structural Pruning", CVPR 2023); this module turns its groups into plain, named, validated data that every pruning
 method shares, plus the per-layer shape table used by the analytic cost model (:mod:`prunekit.cost.macs`).
 
-Groups that must not be pruned are simply not in the space: channels that reach the model output (classifier
-outputs) and model inputs. Groups torch-pruning maps inconsistently (an index outside a member's dimension, or two
+Groups that must not be pruned are not in the space: model inputs, and channels that reach a model output -- a
+classifier's logits, a SqueezeNet-style 1x1 conv before global pooling, a segmentation map -- found by walking the
+traced graph back from every output through channel-preserving ops (``space.dropped`` says so). Groups torch-pruning maps inconsistently (an index outside a member's dimension, or two
 groups claiming the same slot) are dropped with a warning, so everything left in the space is safe to prune.
 """
 
@@ -30,6 +31,8 @@ from prunekit.errors import PrunekitError
 log = logging.getLogger(__name__)
 
 TAGS = ("first", "last", "strided", "residual", "depthwise", "expansion", "grouped")
+OUTPUT_REASON = "channels reach the model output"
+_MIXING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
 
 
@@ -164,6 +167,7 @@ class ChannelSpace:
         self.output_layers: list[str] = []
         self.total_params: int = 0
         self.dropped: list[str] = []
+        self._output_reach: set[str] = set()
         self._by_name: dict[str, ChannelGroup] = {}
         self.dg: tp.DependencyGraph | None = None
         self.roots: dict[str, nn.Module] = {}
@@ -190,10 +194,12 @@ class ChannelSpace:
         try:
             records, out_ids = _record_shapes(model, example)
             space.layers = _layer_table(model, records)
-            space.output_layers = [n for n, r in records.items() if r["out_id"] in out_ids]
+            direct = {n for n, r in records.items() if r["out_id"] in out_ids}
             with torch.enable_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+                # a tuple: torch-pruning calls model(*example_inputs), and a bare batch-1 tensor would be unpacked
+                # into an unbatched (C, H, W) input (convs accept it; in-place ops after them then hide the conv)
+                dg = tp.DependencyGraph().build_dependency(model, example_inputs=(example,), verbose=False)
         except PrunekitError:
             raise
         except Exception as exc:
@@ -203,6 +209,10 @@ class ChannelSpace:
             ) from None
         finally:
             model.train(was_training)
+        producers, reaching = _output_reach(dg, name_of)
+        order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        space.output_layers = sorted(direct | producers, key=lambda n: order.get(n, 1 << 30))
+        space._output_reach = reaching | direct
         space.dg = dg
         space.total_params = sum(p.numel() for p in model.parameters())
         space._collect_groups(model, dg, name_of, records)
@@ -210,7 +220,7 @@ class ChannelSpace:
 
     def _collect_groups(self, model, dg, name_of, records) -> None:
         order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-        outputs = set(self.output_layers)
+        outputs = set(self.output_layers) | self._output_reach
         raw: list[tuple[str, nn.Module, list[Member], bool]] = []
         for group in dg.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d, nn.Linear)):
             root_mod = group[0].dep.target.module
@@ -241,7 +251,9 @@ class ChannelSpace:
         kept = []
         for root_name, root_mod, mlist, unmapped in raw:
             if any(m.module in outputs and m.dim == "out" for m in mlist):
-                continue  # channels reach the model output: classifier logits are never pruned
+                # classifier logits, a 1x1 conv head before global pooling, a segmentation map: never pruned
+                self.dropped.append(f"{root_name}: {OUTPUT_REASON}")
+                continue
             problem = (
                 "a concat/split whose channel offsets could not be traced (e.g. concat followed by flatten)"
                 if unmapped
@@ -379,6 +391,39 @@ class ChannelSpace:
             }
             for g in self.groups
         ]
+
+
+def _output_reach(dg: tp.DependencyGraph, name_of: dict) -> tuple[set[str], set[str]]:
+    """The layers whose output channels reach a model output, found by walking the traced graph backwards.
+
+    From every model output, walk back through everything that keeps channels apart (pooling, activations, dropout,
+    BN, flatten/reshape, softmax, interpolation, add, concat, depthwise convs, unknown ops: conservatively) and stop
+    at a layer that mixes channels (conv, linear): its output channels reach the output. Returns
+    ``(producers, reaching)``: the names of those mixing layers, and of every named layer met on the way.
+    """
+    nodes = list(dg.module2node.values())
+    sinks = [n for n in nodes if isinstance(n.module, tp.ops._OutputOp)] or [
+        n for n in nodes if not n.outputs
+    ]
+    producers: set[str] = set()
+    reaching: set[str] = set()
+    seen: set[int] = set()
+    stack = list(sinks)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        mod = node.module
+        name = name_of.get(mod) if isinstance(mod, nn.Module) else None
+        if name:
+            reaching.add(name)
+        if isinstance(mod, _MIXING) and not is_depthwise(mod):
+            if name:
+                producers.add(name)
+            continue  # channels are mixed here: what feeds this layer does not reach the output as channels
+        stack.extend(node.inputs)
+    return producers, reaching
 
 
 def _record_shapes(model: nn.Module, example: torch.Tensor):
