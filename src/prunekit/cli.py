@@ -137,7 +137,8 @@ def check(
     ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Prune RATIO of every group of MODEL by L1 norm and verify pruned == masked, cost and ONNX export."""
+    """Prune RATIO of every group of MODEL by L1 norm and verify something is pruned, output shapes, pruned ==
+    masked, cost and ONNX export; exits 1 when a check fails (nothing prunable is a failure)."""
     from prunekit.checks import results_json, run_checks
 
     if not 0.0 <= ratio < 1.0:
@@ -152,9 +153,13 @@ def check(
     else:
         b, p = facts["baseline"], facts["pruned"]
         console.print(
-            f"{model} at {shape[2]}x{shape[3]}: {facts['groups']} groups, ratio {ratio}: "
-            f"MACs {_fmt(b['macs'])} -> {_fmt(p['macs'])}, params {_fmt(b['params'])} -> {_fmt(p['params'])}"
+            f"{model} at {shape[2]}x{shape[3]}: {facts['groups']} groups in the space "
+            f"({len(facts['dropped_groups'])} dropped), {facts['channels_pruned']} of {facts['channels']} "
+            f"channels pruned at ratio {ratio}: MACs {_fmt(b['macs'])} -> {_fmt(p['macs'])}, "
+            f"params {_fmt(b['params'])} -> {_fmt(p['params'])}"
         )
+        for reason, names in facts["dropped_by_reason"].items():
+            console.print(f"[yellow]dropped[/] ({len(names)}): {reason}: {', '.join(names)}")
         for r in results:
             mark = "[green]PASS[/]" if r.ok else "[red]FAIL[/]"
             console.print(f"{mark} {r.name}: {r.detail}")

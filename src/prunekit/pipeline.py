@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ import yaml
 
 from prunekit.config import RunConfig
 from prunekit.cost.budget import Budget, Constraint, MeasuredLatency
-from prunekit.cost.latency import measure_ort_latency, resolve_round_to
+from prunekit.cost.latency import interleaved_ort_latency, resolve_round_to
 from prunekit.cost.macs import CostModel, count_params
 from prunekit.data import DataBundle, build_data
 from prunekit.errors import PrunekitError
@@ -347,7 +348,7 @@ class _Run:
         self.wall["evaluate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         files, onnx_info = self._save_and_export()
-        lat = {key: self._latency(net) for key, net in (("baseline", self.model), ("pruned", self.pruned))}
+        lat = self._latencies()
         self.wall["export"] = time.perf_counter() - t0
         report = Report.model_validate(self._report(pruned_metrics, lat, files, onnx_info))
         for w in report.warnings or []:
@@ -385,20 +386,30 @@ class _Run:
             files["onnx"] = "model.onnx"
         return files, onnx_info
 
-    def _latency(self, net: nn.Module) -> dict:
-        """ONNX Runtime latency of ``net`` at batch 1 and ``export.latency_batch`` (ms); ``{}`` when disabled."""
+    def _latencies(self) -> dict[str, dict]:
+        """ONNX Runtime latency (ms) of the baseline and the pruned model at batch 1 and ``export.latency_batch``,
+        timed in interleaved rounds (median over rounds of each round's median) so that both see the same load;
+        ``{"baseline": {}, "pruned": {}}`` when disabled."""
         ec = self.cfg.export
         if not ec.latency:
-            return {}
-        kw = {"batch_sizes": (1, ec.latency_batch), "threads": ec.latency_threads}
+            return {"baseline": {}, "pruned": {}}
+        kw: dict[str, Any] = {
+            "batch_sizes": (1, ec.latency_batch),
+            "threads": ec.latency_threads,
+            "rounds": 2,
+        }
         if self.smoke:
-            kw.update(warmup=2, repeats=5, max_time_s=1.0, min_time_s=0.05)
-        stats = measure_ort_latency(net, self.input_shape, **kw)
+            kw.update(warmup=2, repeats=5, max_time_s=1.0, min_time_s=0.05, rounds=1)
+        nets = {"baseline": self.model, "pruned": self.pruned}
+        times = interleaved_ort_latency([(net, self.input_shape) for net in nets.values()], **kw)
         return {
-            "latency_ms": stats[1].median_ms,
-            "latency_ms_batch": stats[ec.latency_batch].median_ms,
-            "latency_batch": ec.latency_batch,
-            "latency_threads": ec.latency_threads,
+            key: {
+                "latency_ms": statistics.median(t[1]),
+                "latency_ms_batch": statistics.median(t[ec.latency_batch]),
+                "latency_batch": ec.latency_batch,
+                "latency_threads": ec.latency_threads,
+            }
+            for key, t in zip(nets, times, strict=True)
         }
 
     def _report(self, pruned_metrics: dict, lat: dict, files: dict, onnx_info: Any) -> dict:
@@ -443,15 +454,16 @@ class _Run:
         return report
 
     def _constraint_rows(self, lat: dict) -> list[dict]:
-        """Every constraint of the budget: asked, achieved (latency: the final measurement), met."""
+        """Every constraint of the budget: asked, achieved (latency: the final paired measurement), met."""
         if self.budget is None:
             return []
-        measured = (
-            {"latency_ms": lat["pruned"].get("latency_ms")}
-            if "latency_ms" in self.budget.metrics_constrained
-            else None
+        if "latency_ms" not in self.budget.metrics_constrained:
+            return self.budget.rows(self.plan)
+        return self.budget.rows(
+            self.plan,
+            measured={"latency_ms": lat["pruned"].get("latency_ms")},
+            baseline_measured={"latency_ms": lat["baseline"].get("latency_ms")},
         )
-        return self.budget.rows(self.plan, measured=measured)
 
 
 def _resolved(method_cfg: Any) -> dict:

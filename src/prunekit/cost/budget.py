@@ -19,9 +19,13 @@ lookup table) plugs in with the same call signature.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import statistics
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -116,15 +120,21 @@ class LatencyFn(Protocol):
 
 
 class MeasuredLatency:
-    """ONNX Runtime latency (ms, batch 1, median) of ``model`` pruned to a width vector, measured on this machine.
+    """ONNX Runtime latency (ms, batch 1) of ``model`` pruned to a width vector, measured on this machine, paired with
+    the unpruned model so that a shared machine's changing load cancels out.
 
-    The plan of a width vector keeps the first ``k`` channels of each group (latency depends on the shapes, not on
-    which channels are kept); results are cached per width vector, so a bisection re-visiting a width is free.
+    The first call at the unpruned widths measures the reference ``ref_ms`` (median over ``rounds`` interleaved rounds).
+    Every other width vector is exported once and timed in ``rounds`` interleaved rounds together with the unpruned
+    model; its latency is ``ref_ms * candidate / unpruned`` (medians over the rounds), i.e. its measured ratio to the
+    baseline applied to the reference. On a 2-core machine shared with other jobs a lone sub-millisecond median moves
+    by up to ~1.7x (BENCHMARKS.md); the ratio of back-to-back medians moves far less. The plan of a width vector keeps
+    the first ``k`` channels of each group (latency depends on the shapes, not on which channels are kept); results are
+    cached per width vector.
 
     Args:
         model: the unpruned network (not modified). space: its channel space. input_shape: ``(1, C, H, W)``.
-        threads: ONNX Runtime intra-op threads. max_time_s: time budget of one measurement (seconds; the search
-            needs many, so this is short — the pipeline re-measures the final model with its full settings).
+        threads: ONNX Runtime intra-op threads. max_time_s: time budget of one timing (seconds; a search needs many,
+            the pipeline re-measures the final model with its full settings). rounds: interleaved rounds per value.
 
     Raises (on call):
         prunekit.export.ExportError: the pruned model cannot be exported to ONNX.
@@ -139,33 +149,56 @@ class MeasuredLatency:
         input_shape: Sequence[int],
         *,
         threads: int = 1,
-        max_time_s: float = 1.0,
+        max_time_s: float = 0.5,
+        rounds: int = 2,
     ) -> None:
         self.model, self.space, self.input_shape = model, space, tuple(int(x) for x in input_shape)
-        self.threads, self.max_time_s = int(threads), float(max_time_s)
+        self.threads, self.max_time_s, self.rounds = int(threads), float(max_time_s), int(rounds)
         self._cache: dict[tuple[int, ...], float] = {}
+        self._dir: tempfile.TemporaryDirectory | None = None
         self._bar: Any = None
 
     def __call__(self, widths: np.ndarray) -> float:
-        from prunekit.cost.latency import measure_ort_latency
-
         key = tuple(int(w) for w in np.asarray(widths).reshape(-1))
         if key not in self._cache:
-            plan = plan_from_widths(self.space, np.asarray(key, dtype=np.int64))
-            net = apply(self.model, plan, self.space) if plan.groups else self.model
-            stats = measure_ort_latency(
-                net,
-                self.input_shape,
-                batch_sizes=(1,),
-                threads=self.threads,
-                warmup=5,
-                repeats=30,
-                min_time_s=0.1,
-                max_time_s=self.max_time_s,
-            )
-            self._cache[key] = float(stats[1].median_ms)
+            base_key = tuple(int(c) for c in self.space.channels)
+            if base_key not in self._cache:
+                (ref,) = self._time([self._onnx(base_key, self.model)], rounds=self.rounds + 1)
+                self._cache[base_key] = ref
+            if key != base_key:
+                plan = plan_from_widths(self.space, np.asarray(key, dtype=np.int64))
+                cand = self._onnx(key, apply(self.model, plan, self.space))
+                base_now, cand_ms = self._time([self._onnx(base_key, self.model), cand], rounds=self.rounds)
+                self._cache[key] = self._cache[base_key] * cand_ms / base_now
             self._progress(self._cache[key])
         return self._cache[key]
+
+    def _onnx(self, key: tuple[int, ...], net: nn.Module) -> Path:
+        """The BN-folded ONNX file of ``net`` (exported once per width vector, deleted with this object)."""
+        from prunekit.export import export_onnx
+
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="prunekit-budget-")
+        path = Path(self._dir.name) / f"{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.onnx"
+        if not path.is_file():
+            export_onnx(net, path, self.input_shape, fold_bn=True, dynamic_batch=True, verify=False)
+        return path
+
+    def _time(self, paths: list[Path], *, rounds: int) -> list[float]:
+        """Median over ``rounds`` interleaved rounds of each file's batch-1 median (ms)."""
+        from prunekit.cost.latency import interleaved_ort_latency
+
+        out = interleaved_ort_latency(
+            [(p, self.input_shape) for p in paths],
+            batch_sizes=(1,),
+            rounds=rounds,
+            threads=self.threads,
+            warmup=5,
+            repeats=30,
+            min_time_s=0.1,
+            max_time_s=self.max_time_s,
+        )
+        return [float(statistics.median(r[1])) for r in out]
 
     def _progress(self, ms: float) -> None:
         """One tick of the "latency (ORT)" progress bar: a search measures many models, each an ONNX export."""
@@ -176,7 +209,7 @@ class MeasuredLatency:
 
     @property
     def evaluations(self) -> int:
-        """Distinct width vectors measured so far."""
+        """Distinct width vectors measured so far (the unpruned model included)."""
         return len(self._cache)
 
 
@@ -362,23 +395,44 @@ class Budget:
             raise PrunekitError(f"target {'; '.join(bad)}; {fix}")
 
     # -------------------------------------------------------------- report
-    def rows(self, plan: Plan, measured: dict[str, float | None] | None = None) -> list[dict]:
-        """Report rows ``{metric, asked, achieved, met, ratio_of_baseline, source}`` for ``plan``; ``measured``
-        (e.g. ``{"latency_ms": 0.31}`` from the final measurement) overrides the search-time value and source."""
+    def rows(
+        self,
+        plan: Plan,
+        measured: dict[str, float | None] | None = None,
+        baseline_measured: dict[str, float | None] | None = None,
+    ) -> list[dict]:
+        """Report rows ``{metric, asked, achieved, achieved_ratio, met, ratio_of_baseline, source}`` for ``plan``.
+
+        ``measured`` (e.g. ``{"latency_ms": 0.31}``, the final measurement) overrides the search-time value and
+        source; ``baseline_measured`` is the baseline's value measured the same way and at the same time, so that
+        ``achieved_ratio`` is a paired ratio. A constraint given as a ratio is met when ``achieved_ratio <= ratio``
+        (for MACs and params the same as ``achieved <= asked``; for a measured latency it does not depend on how
+        loaded the machine was when the limit was first measured); an absolute one when ``achieved <= asked``.
+        """
         out = []
         for c in self.constraints:
+            base: float | None = c.baseline
             if measured and measured.get(c.metric) is not None:
                 achieved, source = float(measured[c.metric]), "measured"  # type: ignore[arg-type]
+                base = (baseline_measured or {}).get(c.metric)
             elif c.metric == "latency_ms" and measured is not None and c.metric in measured:
                 achieved, source = None, c.source
             else:
                 achieved, source = self.value(c.metric, plan), c.source
+            ratio = achieved / base if achieved is not None and base else None
+            if achieved is None:
+                met = None
+            elif c.ratio is not None and ratio is not None:
+                met = bool(ratio <= c.ratio * (1.0 + 1e-9))
+            else:
+                met = bool(achieved <= c.limit)
             out.append(
                 {
                     "metric": c.metric,
                     "asked": c.limit,
                     "achieved": achieved,
-                    "met": None if achieved is None else bool(achieved <= c.limit),
+                    "achieved_ratio": ratio,
+                    "met": met,
                     "ratio_of_baseline": c.ratio,
                     "source": source,
                 }

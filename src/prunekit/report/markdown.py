@@ -204,7 +204,9 @@ def _constraints(r: Mapping) -> list[str]:
             asked = f"≤ {asked}" + (f" ({fmt_pct(share, 1)} of baseline)" if share is not None else "")
         met = c.get("met") if isinstance(c.get("met"), bool) else _met(c.get("asked"), c.get("achieved"))
         met = DASH if met is None else "✓" if met else "✗"
-        rows.append([label, asked, fmt(c.get("achieved")), met, c.get("source") or DASH])
+        got, got_share = fmt(c.get("achieved")), _num(c.get("achieved_ratio"))
+        got += f" ({fmt_pct(got_share, 1)})" if got != DASH and got_share is not None else ""
+        rows.append([label, asked, got, met, c.get("source") or DASH])
     if not rows:
         return []
     table = _table(["metric", "asked", "achieved", "met", "source"], rows, ["l", "r", "r", "c", "l"])

@@ -149,7 +149,15 @@ class Constraint(_Model):
     metric: ConstraintMetric = Field(description="What is bounded: 'macs', 'params' or 'latency_ms'.")
     asked: float = Field(ge=0, description="The upper bound, in the metric's unit (absolute, not a ratio).")
     achieved: float | None = Field(None, description="The pruned model's value, in the metric's unit.")
-    met: bool | None = Field(None, description="achieved <= asked; None when not known.")
+    achieved_ratio: float | None = Field(
+        None,
+        ge=0,
+        description="`achieved` as a fraction of the baseline's value obtained the same way (a measured latency: "
+        "the baseline measured back to back with the pruned model).",
+    )
+    met: bool | None = Field(
+        None, description="achieved_ratio <= ratio_of_baseline for a ratio target, else achieved <= asked."
+    )
     ratio_of_baseline: float | None = Field(
         None, ge=0, description="`asked` as a fraction of the baseline's value, when the user gave a ratio."
     )
