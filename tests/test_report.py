@@ -563,9 +563,3 @@ def test_report_round_trips_through_json(tmp_path: Path):
     assert data["pruned"]["effective_macs"] == 18_000_000
     assert Report.model_validate(data) == rep
     assert paths["markdown"].read_text(encoding="utf-8") == render_markdown(rep)
-
-
-def test_deprecated_private_figure_helpers_still_importable():
-    from prunekit.report import _new_figure, _png_bytes, _write_bytes, new_figure, png_bytes, write_bytes
-
-    assert (_new_figure, _png_bytes, _write_bytes) == (new_figure, png_bytes, write_bytes)

@@ -46,12 +46,6 @@ from prunekit.report.schema import (
 from prunekit.report.training import has_training_history, training_warnings
 from prunekit.report.writer import write_report
 
-# Deprecated private aliases, still imported by prunekit.methods.metapruning: use new_figure / png_bytes /
-# write_bytes instead. Remove once nothing imports them.
-_new_figure = new_figure
-_png_bytes = png_bytes
-_write_bytes = write_bytes
-
 __all__ = [
     "DASH",
     "DPI",
