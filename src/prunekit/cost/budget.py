@@ -175,14 +175,12 @@ class MeasuredLatency:
 
     def _onnx(self, key: tuple[int, ...], net: nn.Module) -> Path:
         """The BN-folded ONNX file of ``net`` (exported once per width vector, deleted with this object)."""
-        from prunekit.export import export_onnx
+        from prunekit.cost.latency import export_for_timing
 
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="prunekit-budget-")
         path = Path(self._dir.name) / f"{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.onnx"
-        if not path.is_file():
-            export_onnx(net, path, self.input_shape, fold_bn=True, dynamic_batch=True, verify=False)
-        return path
+        return path if path.is_file() else export_for_timing(net, path, self.input_shape)
 
     def _time(self, paths: list[Path], *, rounds: int) -> list[float]:
         """Median over ``rounds`` interleaved rounds of each file's batch-1 median (ms)."""

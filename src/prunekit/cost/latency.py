@@ -153,6 +153,19 @@ def _session_batch(session: Any) -> int | None:
     return dim0 if isinstance(dim0, int) and dim0 > 0 else None
 
 
+def export_for_timing(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int]) -> Path:
+    """Export ``model`` to ``path`` the way latency is measured: BatchNorm folded, dynamic batch, not verified.
+
+    ``input_shape``: ``(C, H, W)`` or ``(N, C, H, W)`` (N is ignored). Returns ``path``.
+
+    Raises:
+        prunekit.export.ExportError: the model cannot be exported.
+    """
+    c, h, w = _chw(input_shape)
+    export_onnx(model, path, (1, c, h, w), fold_bn=True, dynamic_batch=True, verify=False)
+    return Path(path)
+
+
 def measure_ort_latency(
     model_or_onnx_path: nn.Module | str | os.PathLike,
     input_shape: Sequence[int],
@@ -197,10 +210,7 @@ def measure_ort_latency(
     batches = _check_batches(batch_sizes)
     if isinstance(model_or_onnx_path, nn.Module):
         with tempfile.TemporaryDirectory(prefix="prunekit-lat-") as tmpdir:
-            onnx_path = Path(tmpdir) / "model.onnx"
-            export_onnx(
-                model_or_onnx_path, onnx_path, (1, c, h, w), fold_bn=True, dynamic_batch=True, verify=False
-            )
+            onnx_path = export_for_timing(model_or_onnx_path, Path(tmpdir) / "model.onnx", input_shape)
             session = ort_session(onnx_path, threads=threads)
     else:
         session = ort_session(model_or_onnx_path, threads=threads)
@@ -249,7 +259,8 @@ def interleaved_ort_latency(
     """Time several models with ONNX Runtime in ``rounds`` interleaved rounds (every model once per round).
 
     Interleaving spreads a slow phase of a shared machine over all models instead of one; take the median over
-    rounds of the per-round medians (``statistics.median``) as each model's latency.
+    rounds of the per-round medians (``statistics.median``) as each model's latency. Each ``nn.Module`` is exported
+    once (:func:`export_for_timing`) and its file timed in every round.
 
     Args:
         models: ``(model or .onnx path, input_shape)`` pairs, as :func:`measure_ort_latency` takes them.
@@ -266,11 +277,16 @@ def interleaved_ort_latency(
         raise PrunekitError(f"rounds must be >= 1, got {rounds}")
     batches = _check_batches(batch_sizes)
     out: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in models]
-    for _ in range(rounds):
-        for times, (model, shape) in zip(out, models, strict=True):
-            stats = measure_ort_latency(model, shape, batch_sizes=batches, threads=threads, **kwargs)
-            for b in batches:
-                times[b].append(stats[b].median_ms)
+    with tempfile.TemporaryDirectory(prefix="prunekit-lat-") as tmpdir:
+        files = [  # each module exported once, not once per round
+            export_for_timing(m, Path(tmpdir) / f"model{i}.onnx", shape) if isinstance(m, nn.Module) else m
+            for i, (m, shape) in enumerate(models)
+        ]
+        for _ in range(rounds):
+            for times, path, (_, shape) in zip(out, files, models, strict=True):
+                stats = measure_ort_latency(path, shape, batch_sizes=batches, threads=threads, **kwargs)
+                for b in batches:
+                    times[b].append(stats[b].median_ms)
     return out
 
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prunekit import importance as _importance
 from prunekit.cost.latency import resolve_round_to
 from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_budget
-from prunekit.search.fit import fit_uniform
+from prunekit.search.fit import fit_uniform, require_reachable
 from prunekit.space import apply, plan_from_widths
 from prunekit.space.widths import uniform_widths
 
@@ -88,12 +88,7 @@ def run(ctx: MethodContext, cfg: UniformConfig) -> MethodResult:
     budget = require_budget(ctx, "uniform")
     round_to = resolve_round_to(cfg.round_to)
     smallest = uniform_widths(space, 0.0, round_to=round_to, min_channels=cfg.min_channels)
-    budget.require_reachable(
-        smallest,
-        who="uniform",
-        how=f"every group at min_channels={cfg.min_channels}, round_to={round_to}",
-        fix="raise the target or lower min_channels/round_to",
-    )
+    require_reachable(budget, smallest, who="uniform", round_to=round_to, min_channels=cfg.min_channels)
     mult, widths = fit_uniform(space, cm, budget, round_to=round_to, min_channels=cfg.min_channels)
     crit = None if cfg.importance == "first" else _importance.get(cfg.importance)
     plan = plan_from_widths(space, widths, model=ctx.model, importance=crit, spec=ctx.spec)
