@@ -52,6 +52,11 @@ def test_inspect_table(capsys):
         ["check", "resnet20", "--ratio", "1.0"],
         ["check", "resnet20", "--ratio", "-0.1"],
         ["inspect", "no/such/file.py:make"],
+        ["check", "resnet20", "--density", "0"],
+        ["check", "resnet20", "--density", "1.5"],
+        ["check", "resnet20", "--density", "0.5", "--block", "4by1"],
+        ["check", "resnet20", "--density", "0.5", "--block", "0x1"],
+        ["check", "resnet20", "--conv-groups", "1"],
     ],
 )
 def test_user_errors_exit_2_with_one_line(args, capsys):
@@ -69,6 +74,43 @@ def test_check_passes_on_every_reference_model(name, capsys):
     assert data["ok"] and len(data["checks"]) == 6
     assert data["pruned"]["macs"] < data["baseline"]["macs"]
     assert data["channels_pruned"] > 0 and data["output_shape"] == data["pruned_output_shape"]
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("resnet20", "32"), ("mobilenet_v2:width_mult=0.5", "32"), ("vgg16_bn", "32")]
+)
+def test_check_passes_with_density_and_conv_groups(name, size, capsys):
+    args = ["check", name, "--input-size", size, "--num-classes", "10", "--json"]
+    code, out, _ = run(
+        [*args, "--ratio", "0.25", "--density", "0.5", "--block", "4x1", "--conv-groups", "2"], capsys
+    )
+    data = json.loads(out)
+    assert code == 0, data["checks"]
+    assert data["sparse_layers"] and data["grouped_layers"]
+    p = data["pruned"]
+    assert p["effective_macs"] < p["macs"] < data["baseline"]["macs"]
+    assert p["effective_params"] < p["params"]
+
+
+def test_check_with_density_only_passes_without_channel_pruning(capsys):
+    code, out, _ = run(
+        ["check", "resnet20", "--ratio", "0", "--density", "0.3", "--no-onnx", "--json"], capsys
+    )
+    data = json.loads(out)
+    assert code == 0 and data["channels_pruned"] == 0, data["checks"]
+    assert data["pruned"]["macs"] == data["baseline"]["macs"]  # dense storage
+    assert data["pruned"]["effective_macs"] < 0.4 * data["baseline"]["macs"]
+
+
+def test_inspect_json_lists_weight_options(capsys):
+    code, out, _ = run(["inspect", "mobilenet_v2:width_mult=0.5", "--input-size", "32", "--json"], capsys)
+    layers = [r for r in json.loads(out)["layers"] if r["kind"] in ("conv", "linear")]
+    dw = [r for r in layers if not r["takes_density"]]
+    assert dw and all(r["kind"] == "conv" and r["conv_groups"] == [] for r in dw)  # depthwise convs
+    grouped = [r for r in layers if r["conv_groups"]]
+    assert grouped and all(r["in"] % g == 0 and r["out"] % g == 0 for r in grouped for g in r["conv_groups"])
+    assert all(2 in r["conv_groups"] for r in grouped if r["in"] % 2 == 0 and r["out"] % 2 == 0)
+    assert [r["name"] for r in layers if r["output"]] == ["classifier.1"]
 
 
 def test_check_fails_when_nothing_is_prunable(capsys):
@@ -150,8 +192,8 @@ def cli_subprocess(args):
     ("args", "message"),
     [
         (
-            ["check", "resnet20", "--bogus"],
-            "unknown option --bogus for `prunekit check`; see `prunekit check --help`",
+            ["check", "resnet20", "--qqq"],
+            "unknown option --qqq for `prunekit check`; see `prunekit check --help`",
         ),
         (
             ["check", "resnet20", "--rato", "0.3"],

@@ -81,11 +81,16 @@ def test_layer_options_density_and_groups_scale_cost():
     space = ChannelSpace.build(model, (1, 3, 32, 32))
     cm = CostModel(space)
     base = cm.cost(per_layer=True)
+    assert (base.effective_macs, base.effective_params) == (base.macs, base.params)
     row = next(r for r in base.layers if r["name"] == "layer1.0.conv1")
     plan = Plan.model_validate(
         {"input_shape": list(space.input_shape), "layers": {"layer1.0.conv1": {"density": 0.25}}}
     )
-    assert base.macs - cm.cost(plan).macs == int(round(row["macs"] * 0.75))
+    sparse = cm.cost(plan)
+    assert (sparse.macs, sparse.params) == (base.macs, base.params)  # dense storage: dense counts unchanged
+    # 16 x 144 weights in 4x1 blocks: 576 blocks, 144 kept, no edge
+    assert base.macs - sparse.effective_macs == int(round(row["macs"] * 0.75))
+    assert base.params - sparse.effective_params == 16 * 144 * 3 // 4
     plan = Plan.model_validate(
         {"input_shape": list(space.input_shape), "layers": {"layer1.0.conv1": {"conv_groups": 4}}}
     )

@@ -19,6 +19,7 @@ from prunekit.space.sparsity import (
     block_norms,
     effective_density,
     kept_blocks,
+    kept_elements,
     n_kept_blocks,
     project,
     refresh_mask,
@@ -28,12 +29,22 @@ from prunekit.space.sparsity import (
 
 
 def brute_blocks(shape, block):
-    """Row-major list of (row slice, col slice) of every block of the [O, F] matrix view (independent of the module)."""
+    """Row-major list of (row slice, col slice) of every whole block of the [O, F] matrix view (independent of the
+    module); the edge rows/columns that do not fill a block are not blocks."""
     o, f = shape[0], math.prod(shape[1:])
     bo, bi = block
-    rows = [slice(r, min(r + bo, o)) for r in range(0, o, bo)]
-    cols = [slice(c, min(c + bi, f)) for c in range(0, f, bi)]
+    rows = [slice(r, r + bo) for r in range(0, o - bo + 1, bo)]
+    cols = [slice(c, c + bi) for c in range(0, f - bi + 1, bi)]
     return [(r, c) for r in rows for c in cols]
+
+
+def edge(mask, block):
+    """The elements outside every whole block (flattened [O, F] view)."""
+    mat = mask.reshape(mask.shape[0], -1)
+    o, f = mat.shape
+    inside = torch.zeros(o, f, dtype=torch.bool)
+    inside[: o // block[0] * block[0], : f // block[1] * block[1]] = True
+    return mat[~inside]
 
 
 def brute_norms(weight, block, p):
@@ -58,6 +69,7 @@ def mask_blocks(mask, block):
         b = mat[r, c]
         assert bool(b.all()) or not bool(b.any()), f"mixed block at rows {r}, cols {c}"
         out.append(bool(b.all()))
+    assert bool(edge(mask, block).all()), "an edge element was dropped"
     return out
 
 
@@ -74,7 +86,7 @@ def cases(draw, max_o=12, max_i=12, ints=False):
             draw(st.integers(1, 3)),
         )
     f = math.prod(shape[1:])
-    block = (draw(st.integers(1, shape[0])), draw(st.integers(1, f)))
+    block = (draw(st.integers(1, shape[0] + 2)), draw(st.integers(1, f + 2)))  # may exceed: dense
     density = draw(st.floats(min_value=1e-4, max_value=1.0, allow_nan=False))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     if ints:  # integer values: many exact ties between block norms
@@ -96,9 +108,12 @@ def test_mask_keeps_exactly_round_d_n_whole_blocks(case):
     per_block = mask_blocks(mask, block)  # every block all-True or all-False
     n = len(per_block)
     assert block_grid(weight.shape, block)[0] * block_grid(weight.shape, block)[1] == n
-    expected = min(n, max(1, math.floor(density * n + 0.5 + 1e-9)))
-    assert sum(per_block) == expected == n_kept_blocks(n, density)
+    expected = min(n, max(1, math.floor(density * n + 0.5 + 1e-9))) if n else 0
+    assert sum(per_block) == expected == (n_kept_blocks(n, density) if n else 0)
     assert int(kept_blocks(weight, density, block).sum()) == expected
+    # the kept element count follows from the shape alone (exact analytic effective cost)
+    o, f = weight.shape[0], math.prod(weight.shape[1:])
+    assert int(mask.sum()) == int(kept_elements(o, f, density, block))
 
 
 @settings(max_examples=150, deadline=None)
@@ -107,7 +122,7 @@ def test_kept_blocks_are_largest_by_norm(case, p):
     weight, block, density = case
     norms = brute_norms(weight, block, p)
     assert np.allclose(block_norms(weight, block, p).reshape(-1).numpy(), norms, rtol=1e-12, atol=1e-12)
-    k = n_kept_blocks(len(norms), density)
+    k = n_kept_blocks(len(norms), density) if norms else 0
     kept = {i for i, b in enumerate(mask_blocks(block_mask(weight, density, block, p), block)) if b}
     assert kept == brute_top(norms, k)
 
@@ -117,7 +132,7 @@ def test_kept_blocks_are_largest_by_norm(case, p):
 def test_ties_broken_by_block_index(case, p):
     weight, block, density = case
     norms = brute_norms(weight, block, p)  # integer weights: exact sums, exact ties
-    k = n_kept_blocks(len(norms), density)
+    k = n_kept_blocks(len(norms), density) if norms else 0
     kept = {i for i, b in enumerate(mask_blocks(block_mask(weight, density, block, p), block)) if b}
     assert kept == brute_top(norms, k)
 
@@ -174,7 +189,7 @@ def test_projection_is_nearest_k_block_point(case):
         block = (weight.shape[0], max(block[1], -(-math.prod(weight.shape[1:]) // 4)))
         blocks = brute_blocks(weight.shape, block)
     n = len(blocks)
-    k = n_kept_blocks(n, density)
+    k = n_kept_blocks(n, density) if n else 0
     z = project(weight, density, block)
     zm = z.reshape(weight.shape[0], -1)
     assert sum(bool(zm[r, c].any()) for r, c in blocks) <= k  # feasible: nonzeros in at most k blocks
@@ -182,7 +197,9 @@ def test_projection_is_nearest_k_block_point(case):
     mat = weight.reshape(weight.shape[0], -1)
     best = math.inf
     for subset in itertools.combinations(range(n), k):
-        other = torch.zeros_like(mat)
+        other = mat.clone()  # the edge is always kept
+        for r, c in blocks:
+            other[r, c] = 0.0
         for i in subset:
             r, c = blocks[i]
             other[r, c] = mat[r, c]
@@ -203,32 +220,49 @@ def test_projection_beats_l1_choice_and_keeps_gradient():
 # ------------------------------------------------------------------------------------------------ edge blocks
 
 
-def test_partial_edge_blocks_count_as_blocks_ranked_by_raw_norm():
-    # [6, 3] with block (4, 2): grid 2 x 2 = 4 blocks; block 3 (rows 4-5, col 2) has only 2 elements
+def test_edge_rows_and_columns_are_always_kept():
+    # [6, 3] with block (4, 2): one whole block (rows 0-3, cols 0-1); rows 4-5 and col 2 are the edge
     weight = torch.zeros(6, 3)
-    weight[4:6, 2] = 10.0  # partial block, raw L1 20 (mean 10)
-    weight[0:4, 0:2] = 3.0  # full block 0, raw L1 24 (mean 3)
-    weight[4:6, 0:2] = 0.5  # partial block 2, raw L1 2
-    assert block_grid(weight.shape, (4, 2)) == (2, 2)
-    assert block_norms(weight, (4, 2)).tolist() == [[24.0, 0.0], [2.0, 20.0]]
-    # one block (round(0.25 * 4) = 1): the full block wins on raw norm, though its mean is lower
-    assert kept_blocks(weight, 0.25, (4, 2)).tolist() == [[True, False], [False, False]]
-    # two blocks: the partial one comes in, as a whole
+    weight[4:6, :] = 10.0  # large edge values are kept, whatever the density
+    weight[0:4, 0:2] = 3.0
+    assert block_grid(weight.shape, (4, 2)) == (1, 1)
+    assert block_norms(weight, (4, 2)).tolist() == [[24.0]]
+    mask = block_mask(weight, 0.01, (4, 2))
+    assert mask.all()  # one whole block, and at least one block is kept
+    assert int(kept_elements(6, 3, 0.01, (4, 2))) == 18
+    # [8, 3] with block (4, 2): two whole blocks (rows 0-3 and 4-7, cols 0-1); column 2 is the edge
+    weight = torch.zeros(8, 3)
+    weight[0:4, 0:2] = 1.0
+    weight[4:8, 0:2] = 2.0
     mask = block_mask(weight, 0.5, (4, 2))
-    assert mask[4:6, 2].all() and mask[0:4, 0:2].all() and int(mask.sum()) == 8 + 2
-    # element fraction differs from the block fraction with partial blocks
-    assert effective_density(mask) == pytest.approx(10 / 18)
-    assert effective_density(block_mask(weight, 0.25, (4, 2))) == pytest.approx(8 / 18)
+    assert mask[4:8, 0:2].all() and not mask[0:4, 0:2].any() and mask[:, 2].all()
+    assert effective_density(mask) == pytest.approx(16 / 24)  # above the block density: the edge is dense
+    assert int(kept_elements(8, 3, 0.5, (4, 2))) == 16
+
+
+def test_weight_smaller_than_a_block_stays_dense():
+    weight = torch.randn(3, 5)
+    assert block_grid(weight.shape, (4, 1)) == (0, 5)
+    assert block_mask(weight, 0.1).all() and torch.equal(project(weight, 0.1), weight)
+    assert kept_blocks(weight, 0.1).numel() == 0
+    assert int(kept_elements(3, 5, 0.1)) == 15
+
+
+def test_kept_elements_vectorised():
+    o = np.array([8, 16, 10, 3])
+    got = kept_elements(o, 9, 0.5, (4, 1))
+    want = [int(block_mask(torch.randn(int(n), 9), 0.5).sum()) for n in o]
+    assert got.tolist() == want
 
 
 def test_partial_blocks_conv_flattened_axis():
-    # conv [5, 2, 3, 3]: F = 18; block (4, 4) -> grid 2 x 5, the last row and column are partial
+    # conv [5, 2, 3, 3]: F = 18; block (4, 4) -> grid 1 x 4 of whole blocks; row 4 and cols 16-17 are the edge
     weight = torch.randn(5, 2, 3, 3, generator=torch.Generator().manual_seed(1))
-    assert block_grid(weight.shape, (4, 4)) == (2, 5)
+    assert block_grid(weight.shape, (4, 4)) == (1, 4)
     mask = block_mask(weight, 0.3, (4, 4))
-    assert sum(mask_blocks(mask, (4, 4))) == 3
+    assert sum(mask_blocks(mask, (4, 4))) == 1
     g2 = block_norms(weight, (4, 4), p=2)
-    assert g2[1, 4].item() == pytest.approx(float(weight.reshape(5, 18)[4:5, 16:18].norm()), rel=1e-6)
+    assert g2[0, 3].item() == pytest.approx(float(weight.reshape(5, 18)[0:4, 12:16].norm()), rel=1e-6)
 
 
 def test_density_one_keeps_everything_tiny_density_keeps_one_block():
@@ -287,9 +321,6 @@ W = torch.zeros(4, 3, 3, 3)
         (lambda: block_mask(W, True), "density"),
         (lambda: block_mask(W, "0.5"), "density"),
         (lambda: project(W, 2.0), "density"),
-        (lambda: block_mask(W, 0.5, (8, 1)), "larger than the weight"),
-        (lambda: block_mask(W, 0.5, (1, 28)), "larger than the weight"),
-        (lambda: block_mask(torch.zeros(3, 5), 0.5), "larger than the weight"),  # default (4, 1) on 3 outputs
         (lambda: block_mask(W, 0.5, (0, 1)), ">= 1"),
         (lambda: block_mask(W, 0.5, (4, 1, 1)), "pair"),
         (lambda: block_mask(W, 0.5, 4), "pair"),
@@ -303,7 +334,6 @@ W = torch.zeros(4, 3, 3, 3)
         (lambda: block_norms(W, (4, 1), p=3), "p must be"),
         (lambda: project(W, 0.5, p=0), "p must be"),
         (lambda: block_mask(W, 0.5, p=True), "p must be"),
-        (lambda: block_grid((4, 3, 3, 3), (5, 1)), "larger than the weight"),
         (lambda: block_grid((4,), (1, 1)), "dims"),
         (lambda: n_kept_blocks(0, 0.5), "n_blocks"),
         (lambda: n_kept_blocks(2.5, 0.5), "n_blocks"),

@@ -1,15 +1,18 @@
 """``prunekit check``: prove, on one model, that the core machinery is right.
 
-For a plan pruning ``ratio`` of every channel group by L1 importance, verify on random input that
+For a plan pruning ``ratio`` of every channel group by L1 importance -- optionally with a block weight density
+(``density``, ``block``) and group convolutions (``conv_groups``, with random channel permutations) on every
+eligible layer (:func:`~prunekit.space.plan.add_weight_choices`) -- verify on random input that
 
-0. something is pruned: the space has prunable groups and the plan removes channels (a check that passes because
-   nothing was pruned proves nothing), reporting how many groups were dropped and why;
+0. something is pruned: the space has prunable groups and the plan removes channels or weights (a check that passes
+   because nothing was pruned proves nothing), reporting how many groups were dropped and why;
 1. the pruned model runs forward and backward (finite gradients) and its outputs have the original model's shapes
    (channels reaching an output, e.g. class logits, are never pruned);
 2. pruned and masked models give the same outputs in eval mode (BN statistics are randomised first so that a wrong
    channel mapping cannot hide behind identity BN layers), ``max|diff| <= 1e-4 * max(1, max|y|)``;
 3. analytic MACs / params (:class:`~prunekit.cost.macs.CostModel`) equal those measured on the pruned model
-   (:func:`torch.utils.flop_counter` MACs = FLOPs / 2; parameter count);
+   (:func:`torch.utils.flop_counter` MACs = FLOPs / 2; parameter count), and so do the effective (non-zero) counts
+   (non-zero weights x output positions, :func:`~prunekit.cost.macs.measure_effective`);
 4. the pruned model exports to ONNX and ONNX Runtime reproduces its outputs.
 """
 
@@ -24,8 +27,8 @@ import torch
 import torch.nn as nn
 
 from prunekit import importance
-from prunekit.cost.macs import CostModel, count_params, measure_macs
-from prunekit.space import ChannelSpace, apply, mask, plan_from_ratio
+from prunekit.cost.macs import CostModel, count_params, measure_effective, measure_macs
+from prunekit.space import ChannelSpace, Plan, add_weight_choices, apply, mask, plan_from_ratio
 from prunekit.space.channels import _all_tensors
 
 
@@ -37,17 +40,36 @@ class CheckResult:
 
 
 def randomize_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm random running statistics and affine parameters (in place; returns ``model``)."""
+    """Give every norm layer random running statistics (BatchNorm, tracked InstanceNorm) and affine parameters
+    (also GroupNorm / LayerNorm), in place; returns ``model``. Identity-like norms could hide a wrong channel
+    mapping."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d) and m.running_mean is not None:
-                n = m.num_features
+            if not isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+                continue
+            if getattr(m, "running_mean", None) is not None:
+                n = m.running_mean.numel()
                 m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                if m.affine:
-                    m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                    m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+            if getattr(m, "weight", None) is not None:
+                shape = m.weight.shape
+                m.weight.copy_(torch.rand(shape, generator=gen) + 0.5)
+            if getattr(m, "bias", None) is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return model
+
+
+def fill_exact_zeros(model: nn.Module, value: float = 1e-6) -> nn.Module:
+    """Replace exact zeros in conv / linear weights by ``value`` (in place; returns ``model``).
+
+    The effective-cost check counts non-zero weights; a weight that happens to be exactly zero (a float32 random
+    init gives one in ~2^24 draws; a previously pruned model has many) would look pruned.
+    """
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv1d | nn.Conv2d | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.Linear):
+                m.weight.masked_fill_(m.weight == 0, value)
     return model
 
 
@@ -60,7 +82,7 @@ def dropped_by_reason(space: ChannelSpace) -> dict[str, list[str]]:
     return out
 
 
-def _prunable_check(space: ChannelSpace, pruned_channels: int, ratio: float) -> CheckResult:
+def _prunable_check(space: ChannelSpace, pruned_channels: int, ratio: float, plan: Plan) -> CheckResult:
     reasons = dropped_by_reason(space)
     why = "; ".join(f"{r}: {', '.join(n)}" for r, n in reasons.items())
     if not len(space):
@@ -71,8 +93,12 @@ def _prunable_check(space: ChannelSpace, pruned_channels: int, ratio: float) -> 
         return CheckResult("something to prune", False, detail)
     total = int(space.channels.sum())
     detail = f"{len(space)} groups, {pruned_channels} of {total} channels pruned at ratio {ratio}"
+    sparse = sum(lc.sparse for lc in plan.layers.values())
+    grouped = sum(lc.grouped for lc in plan.layers.values())
+    if plan.layers:
+        detail += f"; {sparse} layers sparse, {grouped} grouped"
     detail += f"; {len(space.dropped)} dropped" + (f" ({why})" if why else "")
-    if pruned_channels == 0:
+    if pruned_channels == 0 and not (sparse or grouped):
         return CheckResult(
             "something to prune", False, f"nothing to prune: the plan keeps every channel ({detail})"
         )
@@ -88,29 +114,59 @@ def run_checks(
     input_shape: tuple[int, int, int, int],
     ratio: float = 0.5,
     *,
+    density: float | None = None,
+    block: tuple[int, int] | None = None,
+    conv_groups: int | None = None,
     onnx: bool = True,
     seed: int = 0,
 ) -> tuple[list[CheckResult], dict]:
     """Run the checks; returns ``(results, facts)``: facts = group count, dropped groups (and by reason), pruned
-    channels, output shapes, MACs/params before and after.
+    channels, sparse / grouped layers (and the convs that could not take ``conv_groups``, with why), output
+    shapes, dense and effective MACs/params before and after.
 
     Raises:
-        PrunekitError: the model cannot be traced on ``input_shape``, or ratio is outside [0, 1).
+        PrunekitError: the model cannot be traced on ``input_shape``, ratio is outside [0, 1), or the density /
+            block / group count is invalid.
     """
     torch.manual_seed(seed)
-    model = randomize_bn_stats(model, seed).eval()
+    model = fill_exact_zeros(randomize_bn_stats(model, seed)).eval()
     space = ChannelSpace.build(model, input_shape)
     plan = plan_from_ratio(space, ratio, model=model, importance=importance.l1)
+    plan, no_groups = add_weight_choices(
+        plan, space, density=density, block=block, conv_groups=conv_groups, seed=seed
+    )
     cm = CostModel(space)
     before, after = cm.cost(), cm.cost(plan)
-    pruned = apply(model, plan, space)
-    masked, _ = mask(model, plan, space)
     pruned_channels = sum(len(plan.pruned(g)) for g in space)
-    results: list[CheckResult] = [_prunable_check(space, pruned_channels, ratio)]
+    results: list[CheckResult] = [_prunable_check(space, pruned_channels, ratio, plan)]
     x = torch.randn(2, *input_shape[1:])
     with torch.no_grad():
         want = _shapes(model(x))
     got: list[tuple[int, ...]] = []
+    facts = {
+        "groups": len(space),
+        "ratio": ratio,
+        "baseline": before.as_dict(),
+        "pruned": after.as_dict(),
+        "dropped_groups": list(space.dropped),
+        "dropped_by_reason": dropped_by_reason(space),
+        "channels": int(space.channels.sum()) if len(space) else 0,
+        "channels_pruned": pruned_channels,
+        "density": density,
+        "block": list(block) if block else None,
+        "conv_groups": conv_groups,
+        "sparse_layers": sorted(n for n, lc in plan.layers.items() if lc.sparse),
+        "grouped_layers": sorted(n for n, lc in plan.layers.items() if lc.grouped),
+        "not_grouped": no_groups,
+        "output_shape": [list(t) for t in want],
+        "pruned_output_shape": [],
+    }
+    try:
+        pruned = apply(model, plan, space)
+        masked, _ = mask(model, plan, space)
+    except Exception as exc:  # a user's model never gets a traceback: the failure is a failed check
+        results.append(CheckResult("apply / mask", False, f"{type(exc).__name__}: {str(exc)[:200]}"))
+        return results, facts
 
     try:
         with torch.no_grad():
@@ -154,15 +210,7 @@ def run_checks(
     except Exception as exc:
         results.append(CheckResult("pruned == masked", False, f"{type(exc).__name__}: {str(exc)[:160]}"))
 
-    measured_macs, measured_params = measure_macs(pruned, input_shape), count_params(pruned)
-    ok = measured_macs == after.macs and measured_params == after.params
-    results.append(
-        CheckResult(
-            "analytic == measured cost",
-            ok,
-            f"MACs {after.macs:,} vs {measured_macs:,}; params {after.params:,} vs {measured_params:,}",
-        )
-    )
+    results.append(_cost_check(pruned, input_shape, after))
 
     if onnx:
         from prunekit.export import export_onnx
@@ -182,19 +230,27 @@ def run_checks(
                 CheckResult("ONNX Runtime == PyTorch", False, f"{type(exc).__name__}: {str(exc)[:200]}")
             )
 
-    facts = {
-        "groups": len(space),
-        "ratio": ratio,
-        "baseline": before.as_dict(),
-        "pruned": after.as_dict(),
-        "dropped_groups": list(space.dropped),
-        "dropped_by_reason": dropped_by_reason(space),
-        "channels": int(space.channels.sum()) if len(space) else 0,
-        "channels_pruned": pruned_channels,
-        "output_shape": [list(t) for t in want],
-        "pruned_output_shape": [list(t) for t in got],
-    }
+    facts["pruned_output_shape"] = [list(t) for t in got]
     return results, facts
+
+
+def _cost_check(pruned: nn.Module, input_shape: tuple[int, ...], after) -> CheckResult:
+    """Dense counts against flop_counter / the parameter count; with densities also the effective counts against
+    the non-zero weights (only then: a dense model may hold exact zeros of its own)."""
+    try:
+        measured_macs, measured_params = measure_macs(pruned, input_shape), count_params(pruned)
+    except Exception as exc:
+        return CheckResult("analytic == measured cost", False, f"{type(exc).__name__}: {str(exc)[:160]}")
+    ok = (measured_macs, measured_params) == (after.macs, after.params)
+    detail = f"MACs {after.macs:,} vs {measured_macs:,}; params {after.params:,} vs {measured_params:,}"
+    if (after.effective_macs, after.effective_params) != (after.macs, after.params):
+        eff_macs, eff_params = measure_effective(pruned, input_shape)
+        ok = ok and (eff_macs, eff_params) == (after.effective_macs, after.effective_params)
+        detail += (
+            f"; effective MACs {after.effective_macs:,} vs {eff_macs:,}, "
+            f"effective params {after.effective_params:,} vs {eff_params:,}"
+        )
+    return CheckResult("analytic == measured cost", ok, detail)
 
 
 def _fmt_shapes(shapes: list[tuple[int, ...]]) -> str:

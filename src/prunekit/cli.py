@@ -75,11 +75,15 @@ def inspect(
     """Show the channel groups of MODEL (what can be pruned, and what is coupled) and its per-layer cost."""
     from prunekit.cost.macs import CostModel
     from prunekit.space import ChannelSpace
+    from prunekit.space.plan import weight_options
 
     net, shape = _build(model, input_size, in_chans, num_classes)
     space = ChannelSpace.build(net, shape)
     cost = CostModel(space).cost(per_layer=True)
     rows = space.summary_rows()
+    options = weight_options(space)
+    for r in cost.layers:
+        r.update(options.get(r["name"], {"takes_density": False, "conv_groups": []}))
     if as_json:
         print(
             json.dumps(
@@ -107,20 +111,39 @@ def inspect(
         groups.add_row(str(i), r["name"], str(r["channels"]), members, " ".join(r["tags"]))
     console.print(groups)
     layers = Table(title="per-layer cost (MACs: conv + linear multiply-accumulates, one sample)")
-    for col in ("layer", "kind", "in", "out", "MACs", "params"):
-        layers.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for col in ("layer", "kind", "in", "out", "MACs", "params", "density", "conv groups"):
+        layers.add_column(col, justify="left" if col in ("layer", "kind", "conv groups") else "right")
     for r in cost.layers:
         if r["macs"] or r["params"]:
+            groups = r["conv_groups"]
+            legal = ",".join(map(str, groups[:6])) + (",..." if len(groups) > 6 else "")
             layers.add_row(
-                r["name"], r["kind"], str(r["in"]), str(r["out"]), _fmt(r["macs"]), _fmt(r["params"])
+                r["name"],
+                r["kind"],
+                str(r["in"]),
+                str(r["out"]),
+                _fmt(r["macs"]),
+                _fmt(r["params"]),
+                "yes" if r["takes_density"] else "",
+                legal,
             )
-    layers.add_row("total", "", "", "", _fmt(cost.macs), _fmt(cost.params), style="bold")
+    layers.add_row("total", "", "", "", _fmt(cost.macs), _fmt(cost.params), "", "", style="bold")
     console.print(layers)
     console.print(
         f"MACs {cost.macs:,} ({_fmt(cost.macs)})  FLOPs (= 2 x MACs) {cost.flops:,}  params {cost.params:,}"
     )
     for d in space.dropped:
         console.print(f"[yellow]left unpruned:[/] {d}")
+
+
+def _parse_block(text: str) -> tuple[int, int]:
+    """``"4x1"`` -> ``(4, 1)``; one-line error otherwise."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise PrunekitError(
+            f"--block must look like 4x1 (output channels x input positions, each >= 1), got {text!r}"
+        )
+    return int(parts[0]), int(parts[1])
 
 
 @app.command()
@@ -132,19 +155,44 @@ def check(
     input_size: InputSize = None,
     in_chans: InChans = None,
     num_classes: NumClasses = None,
+    density: Annotated[
+        float | None,
+        typer.Option(
+            "--density",
+            help="Also keep this fraction of the weight blocks of every conv/linear (not depthwise, not outputs).",
+        ),
+    ] = None,
+    block: Annotated[
+        str, typer.Option("--block", help="Weight block for --density: OUTxIN (output channels x positions).")
+    ] = "4x1",
+    conv_groups: Annotated[
+        int | None,
+        typer.Option(
+            "--conv-groups",
+            help="Also turn every dense conv into a group conv with G groups (random channel permutations).",
+        ),
+    ] = None,
     onnx: Annotated[
         bool, typer.Option("--onnx/--no-onnx", help="Also export to ONNX and compare in ONNX Runtime.")
     ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Prune RATIO of every group of MODEL by L1 norm and verify something is pruned, output shapes, pruned ==
-    masked, cost and ONNX export; exits 1 when a check fails (nothing prunable is a failure)."""
+    """Prune RATIO of every group of MODEL by L1 norm (and optionally weight blocks, group convs) and verify
+    something is pruned, output shapes, pruned == masked, dense and effective cost and ONNX export; exits 1 when a
+    check fails (nothing prunable is a failure)."""
     from prunekit.checks import results_json, run_checks
 
     if not 0.0 <= ratio < 1.0:
         raise PrunekitError(f"--ratio must be in [0, 1), got {ratio}")
+    if density is not None and not 0.0 < density <= 1.0:
+        raise PrunekitError(f"--density must be in (0, 1], got {density}")
+    if conv_groups is not None and conv_groups < 2:
+        raise PrunekitError(f"--conv-groups must be an integer >= 2, got {conv_groups}")
+    blk = _parse_block(block)
     net, shape = _build(model, input_size, in_chans, num_classes)
-    results, facts = run_checks(net, shape, ratio, onnx=onnx)
+    results, facts = run_checks(
+        net, shape, ratio, density=density, block=blk, conv_groups=conv_groups, onnx=onnx
+    )
     ok = all(r.ok for r in results)
     if as_json:
         print(
@@ -157,7 +205,18 @@ def check(
             f"({len(facts['dropped_groups'])} dropped), {facts['channels_pruned']} of {facts['channels']} "
             f"channels pruned at ratio {ratio}: MACs {_fmt(b['macs'])} -> {_fmt(p['macs'])}, "
             f"params {_fmt(b['params'])} -> {_fmt(p['params'])}"
+            + (
+                f" (effective MACs {_fmt(p['effective_macs'])}, params {_fmt(p['effective_params'])})"
+                if density is not None
+                else ""
+            )
         )
+        if density is not None or conv_groups is not None:
+            console.print(
+                f"weights: {len(facts['sparse_layers'])} layers at density {density} (block {block}), "
+                f"{len(facts['grouped_layers'])} convs with {conv_groups} groups"
+                + (f", {len(facts['not_grouped'])} convs left dense" if facts["not_grouped"] else "")
+            )
         for reason, names in facts["dropped_by_reason"].items():
             console.print(f"[yellow]dropped[/] ({len(names)}): {reason}: {', '.join(names)}")
         for r in results:

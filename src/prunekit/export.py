@@ -33,6 +33,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.io import atomic_path
+from prunekit.nn import GatherConv
 
 __all__ = [
     "ExportError",
@@ -180,6 +181,13 @@ def _flat_outputs(out: Any) -> list[torch.Tensor]:
 # --------------------------------------------------------------------------------------------------------------
 
 
+class _LeafTracer(torch.fx.Tracer):
+    """fx tracer that keeps :class:`~prunekit.nn.GatherConv` whole, so a BN after it can be folded into it."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, GatherConv) or super().is_leaf_module(m, qualname)
+
+
 def _fold_in(root: nn.Module, module: nn.Module, prefix: str) -> int:
     """Fold conv->bn pairs in ``module`` (a submodule of ``root`` at ``prefix``); return the number folded.
 
@@ -187,7 +195,7 @@ def _fold_in(root: nn.Module, module: nn.Module, prefix: str) -> int:
     top-level ``forward`` is untraceable still gets its traceable blocks folded.
     """
     try:
-        graph = torch.fx.symbolic_trace(module).graph
+        graph = _LeafTracer().trace(module)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, NotImplementedError, ...)
         children = list(module.named_children())
         if children:
@@ -208,14 +216,23 @@ def _fold_in(root: nn.Module, module: nn.Module, prefix: str) -> int:
         if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], torch.fx.Node):
             continue
         src = node.args[0]
-        if src.op != "call_module" or type(mods.get(src.target)) is not nn.Conv2d:
+        if src.op != "call_module" or type(mods.get(src.target)) not in (nn.Conv2d, GatherConv):
             continue
         conv = mods[src.target]
         # Folding rewrites the conv's output, so the conv must feed only this BN, and neither module may be
         # called elsewhere (shared modules); the BN needs running statistics (eval-mode arithmetic).
         if len(src.users) != 1 or calls[src.target] != 1 or calls[node.target] != 1:
             continue
-        if bn.running_mean is None or bn.running_var is None or conv.out_channels != bn.num_features:
+        if bn.running_mean is None or bn.running_var is None:
+            continue
+        if isinstance(conv, GatherConv):  # BN after the output gather: folded in the conv's channel order
+            if conv.conv.out_channels != bn.num_features:
+                continue
+            conv.fold_batchnorm_(bn)
+            root.set_submodule(prefix + node.target, nn.Identity())
+            folded += 1
+            continue
+        if conv.out_channels != bn.num_features:
             continue
         fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
         root.set_submodule(prefix + src.target, fused)
@@ -228,7 +245,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Return an eval-mode deep copy of ``model`` with every ``Conv2d -> BatchNorm2d`` pair folded.
 
     A pair is folded when, in the ``torch.fx`` symbolic trace, a ``BatchNorm2d`` module's only input is the
-    output of a plain ``nn.Conv2d`` module that has no other consumer, and neither module is called more than
+    output of a plain ``nn.Conv2d`` (or a :class:`~prunekit.nn.GatherConv`, a group conv with channel gathers) module
+    that has no other consumer, and neither module is called more than
     once (shared modules are left alone). The BN's eval-mode affine transform is folded into the conv's weight
     and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``) and the BN is replaced by ``nn.Identity``, so the
     module structure (names, classes) of the copy is otherwise unchanged and its output equals the original

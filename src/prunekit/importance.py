@@ -30,9 +30,12 @@ def _filter_norm(model: nn.Module, group: ChannelGroup, p: int) -> torch.Tensor:
         if mem.dim != "out":
             continue
         mod = model.get_submodule(mem.module)
-        if not isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Linear):
+        if isinstance(mod, nn.ConvTranspose1d | nn.ConvTranspose2d):  # weight [C_in, C_out / groups, k...]
+            w = mod.weight.detach().transpose(0, 1).flatten(1).to(torch.float64)
+        elif isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Linear):
+            w = mod.weight.detach().flatten(1).to(torch.float64)
+        else:
             continue
-        w = mod.weight.detach().flatten(1).to(torch.float64)
         rows = w[list(mem.positions)]
         norms = rows.abs().sum(1) if p == 1 else rows.pow(2).sum(1)
         scores.index_add_(0, torch.tensor(mem.root), norms.cpu())

@@ -44,8 +44,9 @@ from prunekit.methods.base import MethodContext, MethodResult
 from prunekit.models import create_model, parse_spec
 from prunekit.report import Report, training_warnings, write_report
 from prunekit.runs import BASELINE_FORMAT
-from prunekit.space import ChannelSpace, Plan, apply
+from prunekit.space import ChannelSpace, Plan, apply, density_masks
 from prunekit.train import SMOKE_DATA, TrainConfig, evaluate, fit, smoke_recipe
+from prunekit.train.masking import MaskCallback
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +337,10 @@ class _Run:
     def recover(self) -> None:
         t0 = time.perf_counter()
         if not self.method_result.trained and self.cfg.finetune is not None:
-            res = self._fit(self.pruned, self.cfg.finetune, "finetune")
+            # sparse layers keep their dropped blocks at zero (masks recovered from the zeros the method left)
+            masks = density_masks(self.pruned, self.plan, from_zeros=True)
+            callbacks = (MaskCallback(masks),) if masks else ()
+            res = self._fit(self.pruned, self.cfg.finetune, "finetune", callbacks=callbacks)
             if res.best_state is not None:
                 self.pruned.load_state_dict(res.best_state)
         self.wall["finetune"] = time.perf_counter() - t0
@@ -373,9 +377,13 @@ class _Run:
             self.out / "model.safetensors",
             metadata={"spec": self.spec, "plan": "plan.json"},
         )
+        masks = density_masks(self.pruned, self.plan, from_zeros=True)
+        if masks:  # the weight masks of sparse layers, beside the weights (runs.load_masks reads them)
+            save_safetensors(masks.params, self.out / "masks.safetensors", metadata={"plan": "plan.json"})
         files = {
             "plan": "plan.json",
             "weights": "model.safetensors",
+            **({"masks": "masks.safetensors"} if masks else {}),
             "baseline": "baseline.pt",
             "log": "log.jsonl",
             "config": "config.yaml",
@@ -480,6 +488,8 @@ def _side(metrics: dict, cost: Any, nparams: int, latency: dict) -> dict:
         "macs": cost.macs,
         "flops": cost.flops,
         "params": nparams,
+        "effective_macs": cost.effective_macs,
+        "effective_params": cost.effective_params,
         **latency,
     }
 
@@ -488,14 +498,15 @@ def _layer_rows(plan: Plan, cost: Any) -> list[dict]:
     """Per-layer rows for the report, only for plans with weight-level choices (density, conv groups)."""
     if not plan.layers:
         return []
-    macs = {r["name"]: r["macs"] for r in cost.layers}
+    rows = {r["name"]: r for r in cost.layers}
     return [
         {
             "name": n,
             "density": lc.density,
             "block": lc.block,
             "conv_groups": lc.conv_groups,
-            "macs": macs.get(n),
+            "macs": rows.get(n, {}).get("macs"),
+            "effective_macs": rows.get(n, {}).get("effective_macs"),
         }
         for n, lc in plan.layers.items()
     ]

@@ -16,7 +16,7 @@ from prunekit.config import RunConfig, parse_config
 from prunekit.errors import PrunekitError
 from prunekit.io import load_checkpoint, load_state, load_weights
 from prunekit.models import create_model
-from prunekit.space import Plan, rebuild
+from prunekit.space import MaskSet, Plan, density_masks, rebuild
 
 BASELINE_FORMAT = "prunekit-baseline-v1"
 """``format`` key of a prunekit ``baseline.pt``."""
@@ -56,3 +56,22 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, Plan, RunConfig]:
     model = rebuild(plan, load_state(run_dir / "model.safetensors"))
     cfg = parse_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
     return model, plan, cfg
+
+
+def load_masks(run_dir: str | Path) -> MaskSet:
+    """The weight masks of a finished run's sparse layers (``masks.safetensors``; empty for a dense plan).
+
+    Without the file (a run written before it existed) the masks are recovered from the zeros of the saved
+    weights (:func:`~prunekit.space.realise.density_masks` with ``from_zeros``).
+
+    Raises:
+        PrunekitError: not a run directory, or files missing / corrupt.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "masks.safetensors"
+    if path.is_file():
+        masks = MaskSet()
+        masks.params = {k: v.bool() for k, v in load_state(path).items()}
+        return masks
+    model, plan, _ = load_run(run_dir)
+    return density_masks(model, plan, from_zeros=True)

@@ -135,6 +135,16 @@ def _summary(r: Mapping) -> list[str]:
     keys = ("top1", "top5", "macs", "params", "latency_ms", "latency_ms_batch")
     fmts = (fmt_pct, fmt_pct, fmt_macs, fmt_params, fmt_ms, fmt_ms)
     changes = (_pp_change, _pp_change, _rel_change, _rel_change, _rel_change, _rel_change)
+    sparse = any(
+        d.get(f"effective_{k}") is not None and d.get(f"effective_{k}") != d.get(k)
+        for d in (base, pruned)
+        for k in ("macs", "params")
+    )
+    if sparse:  # weight sparsity: dense (stored) and effective (non-zero) counts side by side
+        headers[3:5] = ["MACs (dense)[^macs]", "params (dense)", "effective MACs", "effective params"]
+        keys = keys[:4] + ("effective_macs", "effective_params") + keys[4:]
+        fmts = fmts[:4] + (fmt_macs, fmt_params) + fmts[4:]
+        changes = changes[:4] + (_rel_change, _rel_change) + changes[4:]
     rows = [
         [f"**{label}**"] + [f(d.get(k)) for f, k in zip(fmts, keys, strict=True)]
         for label, d in (("baseline", base), ("pruned", pruned))
@@ -400,8 +410,9 @@ def _link(p: str) -> str:
 def _footnotes(r: Mapping) -> list[str]:
     return [
         "[^macs]: MACs are multiply-accumulates of conv and linear layers for one input sample "
-        "(FLOPs = 2 × MACs); BN, activations and pooling are not counted. Latency is milliseconds per forward "
-        "pass of one batch.",
+        "(FLOPs = 2 × MACs); BN, activations and pooling are not counted. Dense counts include every stored "
+        "weight (budgets constrain them); effective counts only the non-zero ones of block-sparse layers. "
+        "Latency is milliseconds per forward pass of one batch.",
         "[^eff]: 1.00 means latency fell exactly as much as MACs; below 1, costs that MACs do not count "
         "(memory traffic, normalisation, activations, framework overhead) limit the speedup.",
         "",

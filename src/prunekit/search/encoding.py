@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prunekit.errors import PrunekitError
 from prunekit.search.genes import GeneBounds
 from prunekit.space.channels import TAGS, ChannelGroup, ChannelSpace, LayerShape
-from prunekit.space.plan import Importance, LayerChoice, Plan, plan_from_widths
+from prunekit.space.plan import Importance, LayerChoice, Plan, can_regroup, plan_from_widths, takes_density
 from prunekit.space.widths import legal_width
 
 __all__ = [
@@ -129,7 +129,7 @@ def common_group_counts(
     channels, ``G <= max_groups``, at least ``min_channels_per_group`` input and output channels per group, and
     ``G != in_channels`` (depthwise) unless ``allow_depthwise``. Non-conv, depthwise and already grouped layers get
     ``[their current count]`` (GConv leaves them alone). Counts refer to the layer's full (unpruned) channels."""
-    if layer.kind != "conv" or layer.depthwise or layer.conv_groups != 1:
+    if not can_regroup(layer):
         return [int(layer.conv_groups)]
     cin, cout = int(layer.in_size), int(layer.out_size)
     out = []
@@ -570,7 +570,7 @@ class GeneEncoding:
             return
         kinds = set(cfg.kinds)
         self.density_layers = self._layer_selection(
-            cfg.layers, lambda s: s.kind in kinds and not s.depthwise, "density genes"
+            cfg.layers, lambda s: s.kind in kinds and takes_density(s), "density genes"
         )
         grid = np.asarray(cfg.grid, dtype=np.float64)
         self.density_grid = grid
@@ -604,7 +604,9 @@ class GeneEncoding:
         if cfg is None:
             return
         for name in self._layer_selection(
-            cfg.layers, lambda s: s.kind == "conv" and not s.depthwise, "conv-groups genes"
+            cfg.layers,
+            lambda s: s.kind == "conv" and not s.depthwise and not s.transposed,
+            "conv-groups genes",
         ):
             counts = cfg.counts(self.space.layers[name])
             if len(counts) < 2:
@@ -773,7 +775,12 @@ class GeneEncoding:
         Raises:
             PrunekitError: the plan does not fit the space (:meth:`Plan.validate_against`).
         """
-        plan.validate_against(self.space)
+        # group-count genes range over the full channels: whether a count divides the pruned widths is checked
+        # where the plan is applied (Plan.validate_against), not here
+        plan.model_copy(update={"layers": {}}).validate_against(self.space)
+        unknown = sorted(set(plan.layers) - set(self.space.layers))
+        if unknown:
+            raise PrunekitError(f"plan names layer {unknown[0]!r}, which the model does not have")
         genes = np.zeros(self.n_genes, dtype=np.int64)
         kept = plan.widths(self.space)
         for t, mem in enumerate(self.width_members):

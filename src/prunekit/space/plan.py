@@ -1,31 +1,34 @@
-"""Plan: one pruning choice as plain data, and the two ways to realise it (apply, mask).
+"""Plan: one pruning choice as plain data (JSON round-trip), its validation against a space, and plan builders.
 
 A :class:`Plan` records, for each channel group of a :class:`~prunekit.space.channels.ChannelSpace`, the kept channel
 indices; optionally, per layer, a weight density (with a block shape) and a conv group count. It round-trips through
 JSON, so a plan saved with its model spec rebuilds the pruned network from the original architecture without pickled
-modules (:func:`rebuild`).
-
-* :func:`apply` returns a physically smaller copy (torch-pruning slices every coupled tensor).
-* :func:`mask` returns a numerically equivalent copy of the same size with the pruned channels zeroed, plus a
-  :class:`MaskSet` that training-time methods re-apply after each optimiser step.
+modules (:func:`~prunekit.space.realise.rebuild`). Realising a plan on a model is :mod:`prunekit.space.realise`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunekit.errors import PrunekitError, validation_message
-from prunekit.space.channels import ChannelGroup, ChannelSpace, clone_model
+from prunekit.space.channels import ChannelGroup, ChannelSpace, LayerShape
 from prunekit.space.widths import round_width, select_channels
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+"""Plan file format. 2 (this version): ``LayerChoice`` densities, blocks, conv groups and permutations are realised
+by ``apply`` / ``mask``. 1: the same fields existed but nothing realised them; a v1 plan is read as v2 without its
+``layers`` (exactly what v1 built), so every v1 run directory still evaluates."""
+
+log = logging.getLogger(__name__)
 
 
 class GroupChoice(BaseModel):
@@ -37,18 +40,57 @@ class GroupChoice(BaseModel):
 
 
 class LayerChoice(BaseModel):
-    """Per-layer options used by weight-level methods.
+    """Weight-level choices of one conv / linear layer, applied after channel pruning.
 
     Attributes:
-        density: fraction of the layer's weights kept (JCW weight pruning), ``None`` = dense.
-        block: block shape ``(out_channels, in_positions)`` of the weight sparsity pattern.
-        conv_groups: number of conv groups after conversion to a group convolution (GConv), ``None`` = unchanged.
+        density: fraction of the layer's whole weight blocks kept (JCW weight pruning; ALCS's SIMD-structured
+            sparsity), ``None`` = dense. The blocks of largest ``criterion`` norm are kept, from the weights the
+            layer has after channel pruning (and group conversion); see :mod:`prunekit.space.sparsity` for the
+            block layout and the edge rule. Not for depthwise convs (JCW leaves them dense).
+        block: block shape ``(out_channels, in_positions)``; ``None`` = :data:`~prunekit.space.sparsity.DEFAULT_BLOCK`
+            ``(4, 1)`` (4 filters share one pattern).
+        criterion: block norm ranking the blocks, ``"l1"`` (``None``, JCW's search-time rule) or ``"l2"``.
+        conv_groups: ``G``: the conv becomes a group convolution with ``G`` groups (GConv), ``None`` = unchanged.
+            Only for convs with ``groups == 1``; ``G`` must divide the kept input and output channels.
+        perm_in: the order in which the kept input channels (indices ``0..C_in'-1`` after channel pruning) enter
+            the group conv: channels ``perm_in[g*C_in'/G : (g+1)*C_in'/G]`` form group ``g``. ``None`` = identity.
+        perm_out: likewise for output channels: group ``g`` produces kept output channels
+            ``perm_out[g*C_out'/G : (g+1)*C_out'/G]``. ``None`` = identity.
     """
 
     model_config = ConfigDict(extra="forbid")
     density: float | None = Field(default=None, gt=0.0, le=1.0)
     block: tuple[int, int] | None = None
+    criterion: Literal["l1", "l2"] | None = None
     conv_groups: int | None = Field(default=None, ge=1)
+    perm_in: list[int] | None = None
+    perm_out: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LayerChoice:
+        if self.block is not None and min(self.block) < 1:
+            raise ValueError(f"block sizes must be >= 1, got {self.block}")
+        if (self.perm_in is not None or self.perm_out is not None) and self.conv_groups is None:
+            raise ValueError("perm_in / perm_out need conv_groups")
+        for name, perm in (("perm_in", self.perm_in), ("perm_out", self.perm_out)):
+            if perm is not None and sorted(perm) != list(range(len(perm))):
+                raise ValueError(f"{name} must be a permutation of 0..{len(perm) - 1}")
+        return self
+
+    @property
+    def sparse(self) -> bool:
+        """True when the layer keeps fewer than all of its weight blocks."""
+        return self.density is not None and self.density < 1.0
+
+    @property
+    def grouped(self) -> bool:
+        """True when the layer becomes a group convolution (``conv_groups > 1``)."""
+        return self.conv_groups is not None and self.conv_groups > 1
+
+    @property
+    def p(self) -> int:
+        """The block norm as ``p`` (1 or 2) for :func:`~prunekit.space.sparsity.block_mask`."""
+        return 2 if self.criterion == "l2" else 1
 
 
 class Plan(BaseModel):
@@ -61,6 +103,25 @@ class Plan(BaseModel):
     groups: dict[str, GroupChoice] = Field(default_factory=dict)
     layers: dict[str, LayerChoice] = Field(default_factory=dict)
     meta: dict = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: object) -> object:
+        """Read older plan files: v1 plans lose ``layers`` (v1 never realised them; see :data:`PLAN_VERSION`)."""
+        if not isinstance(data, dict):
+            return data
+        version = data.get("version", PLAN_VERSION)
+        if isinstance(version, int) and version < 1:
+            raise ValueError(f"plan version must be 1 or 2, got {version}")
+        if isinstance(version, int) and version > PLAN_VERSION:
+            raise ValueError(
+                f"plan version {version} is newer than this prunekit reads ({PLAN_VERSION}); upgrade prunekit"
+            )
+        if version == 1:
+            data = {**data, "version": PLAN_VERSION}
+            if data.pop("layers", None):
+                log.warning("plan v1: its per-layer options were never realised in v1 and are ignored")
+        return data
 
     # -------------------------------------------------------------- io
     def to_json(self) -> str:
@@ -112,6 +173,29 @@ class Plan(BaseModel):
         keep = set(choice.keep)
         return [i for i in range(group.channels) if i not in keep]
 
+    def removed(self, space: ChannelSpace) -> dict[tuple[str, str], set[int]]:
+        """``{(module, dim): positions}`` this plan removes, for every layer slot touched by a pruned channel."""
+        removed: dict[tuple[str, str], set[int]] = {}
+        for g in space.groups:
+            dead = set(self.pruned(g))
+            if not dead:
+                continue
+            for mem in g.members:
+                pos = {p for p, r in zip(mem.positions, mem.root, strict=True) if r in dead}
+                if pos:
+                    removed.setdefault((mem.module, mem.dim), set()).update(pos)
+        return removed
+
+    def layer_widths(
+        self, space: ChannelSpace, name: str, removed: dict[tuple[str, str], set[int]] | None = None
+    ) -> tuple[int, int]:
+        """``(in, out)`` channels (features for a linear) of layer ``name`` after this plan's channel pruning."""
+        removed = self.removed(space) if removed is None else removed
+        s = space.layers[name]
+        c_out = s.out_size - len(removed.get((name, "out"), ()))
+        c_in = c_out if s.depthwise else s.in_size - len(removed.get((name, "in"), ()))
+        return c_in, c_out
+
     def validate_against(self, space: ChannelSpace) -> None:
         """Check the plan fits the space.
 
@@ -143,11 +227,58 @@ class Plan(BaseModel):
                     f"group {name!r} feeds a grouped conv with {g.blocks} groups: keep the same positions in every "
                     "block (use resolve_plan, which does this)"
                 )
+        removed = self.removed(space) if self.layers else {}
         for name, lc in self.layers.items():
             if name not in space.layers:
                 raise PrunekitError(f"plan names layer {name!r}, which the model does not have")
-            if lc.conv_groups is not None and space.layers[name].kind != "conv":
-                raise PrunekitError(f"plan sets conv_groups on {name!r}, which is not a conv")
+            _validate_layer(space, name, lc, self.layer_widths(space, name, removed))
+
+
+def takes_density(s: LayerShape) -> bool:
+    """A layer can take a block weight density: a conv or linear, not depthwise (JCW leaves those dense), not a
+    transposed conv (its weight is ``[C_in, C_out, k...]``)."""
+    return s.kind in ("conv", "linear") and not s.depthwise and not s.transposed
+
+
+def can_regroup(s: LayerShape) -> bool:
+    """A layer can become a group conv: a dense (``groups == 1``), non-transposed conv."""
+    return s.kind == "conv" and not s.depthwise and s.conv_groups == 1 and not s.transposed
+
+
+def _validate_layer(space: ChannelSpace, name: str, lc: LayerChoice, widths: tuple[int, int]) -> None:
+    """Raise a one-line PrunekitError when ``lc`` cannot be realised on layer ``name`` (``widths`` after pruning)."""
+    s = space.layers[name]
+    if s.kind not in ("conv", "linear"):
+        raise PrunekitError(
+            f"plan sets weight options on {name!r} ({s.kind}); only convs and linears take them"
+        )
+    if lc.density is not None and not takes_density(s):
+        what = "a depthwise conv; depthwise convs stay dense" if s.depthwise else "a transposed conv"
+        raise PrunekitError(f"plan sets a density on {name!r}, {what}")
+    if lc.conv_groups is None:
+        return
+    if not can_regroup(s):
+        raise PrunekitError(
+            f"plan sets conv_groups on {name!r}, which is not a dense conv (groups == 1); only those become "
+            "group convs"
+        )
+    c_in, c_out = widths
+    legal = legal_conv_groups(c_in, c_out)
+    if lc.conv_groups not in legal:
+        raise PrunekitError(
+            f"conv_groups={lc.conv_groups} on {name!r} does not divide its {c_in} input and {c_out} output "
+            f"channels after channel pruning; legal: {', '.join(map(str, legal))}"
+        )
+    for what, perm, size in (("perm_in", lc.perm_in, c_in), ("perm_out", lc.perm_out, c_out)):
+        if perm is not None and len(perm) != size:
+            raise PrunekitError(
+                f"{what} of {name!r} has {len(perm)} entries; the layer keeps {size} channels after pruning"
+            )
+
+
+def legal_conv_groups(c_in: int, c_out: int) -> list[int]:
+    """Group counts a dense conv with ``c_in`` input and ``c_out`` output channels can take: the common divisors."""
+    return [g for g in range(1, min(c_in, c_out) + 1) if c_in % g == 0 and c_out % g == 0]
 
 
 def _balanced(keep: list[int], g: ChannelGroup) -> bool:
@@ -219,224 +350,70 @@ def plan_from_ratio(
     return plan_from_widths(space, widths, model=model, importance=importance, spec=spec)
 
 
-# ---------------------------------------------------------------------- apply / mask
-def apply(model: nn.Module, plan: Plan, space: ChannelSpace | None = None) -> nn.Module:
-    """Return a physically smaller copy of ``model`` realising ``plan`` (``model`` is not modified).
+def add_weight_choices(
+    plan: Plan,
+    space: ChannelSpace,
+    *,
+    density: float | None = None,
+    block: tuple[int, int] | None = None,
+    conv_groups: int | None = None,
+    permute: bool = True,
+    seed: int = 0,
+) -> tuple[Plan, dict[str, str]]:
+    """A copy of ``plan`` with the same weight-level choice on every eligible layer (``prunekit check``).
 
-    Every slot of every pruned channel (conv/linear weights and biases, BN parameters and running statistics,
-    consumer input channels, depthwise groups, grouped-conv blocks) is sliced using the coupling torch-pruning
-    found when ``space`` was built; ``space`` is built from ``plan.input_shape`` when not given.
+    Eligible: convs and linears that do not produce a model output. ``density`` (with ``block``) goes to every
+    eligible layer but depthwise convs; ``conv_groups`` to every dense conv (``groups == 1``) whose kept input and
+    output channels it divides, with random permutations (seeded) when ``permute`` so that both the folded orders
+    and the gathers are exercised.
 
-    Raises:
-        PrunekitError: the plan does not fit the model (see :meth:`Plan.validate_against`), or a member layer
-            type cannot be sliced.
+    Returns:
+        ``(plan, skipped)``: ``skipped[layer]`` says why a conv got no ``conv_groups``.
     """
-    if space is None:
-        if not plan.input_shape:
-            raise PrunekitError("plan has no input_shape and no ChannelSpace was given")
-        space = ChannelSpace.build(model, tuple(plan.input_shape), quiet=True)
-    plan.validate_against(space)
-    removed: dict[tuple[str, str], set[int]] = {}
-    for g in space.groups:
-        dead = set(plan.pruned(g))
-        if not dead:
+    out = plan.model_copy(deep=True)
+    rng = np.random.default_rng(seed)
+    removed = out.removed(space)
+    skipped: dict[str, str] = {}
+    outputs = set(space.output_layers)
+    for name, s in space.layers.items():
+        if s.kind not in ("conv", "linear") or name in outputs:
             continue
-        for mem in g.members:
-            pos = {p for p, r in zip(mem.positions, mem.root, strict=True) if r in dead}
-            removed.setdefault((mem.module, mem.dim), set()).update(pos)
-    new = clone_model(model)
-    for (name, dim), gone in removed.items():
-        _slice(new.get_submodule(name), name, dim, gone, depthwise=space.layers[name].depthwise)
-    return new
+        lc = out.layers.get(name, LayerChoice()).model_copy()
+        if density is not None and takes_density(s):
+            lc.density, lc.block = density, block
+        if conv_groups is not None and conv_groups > 1 and s.kind == "conv":
+            c_in, c_out = out.layer_widths(space, name, removed)
+            if not can_regroup(s):
+                skipped[name] = "a grouped, depthwise or transposed conv"
+            elif conv_groups not in legal_conv_groups(c_in, c_out):
+                skipped[name] = f"{conv_groups} does not divide its {c_in} input / {c_out} output channels"
+            else:
+                lc.conv_groups = conv_groups
+                if permute:
+                    lc.perm_in = [int(i) for i in rng.permutation(c_in)]
+                    lc.perm_out = [int(i) for i in rng.permutation(c_out)]
+        if lc.density is not None or lc.conv_groups is not None:
+            out.layers[name] = lc
+    return out, skipped
 
 
-def _keep(size: int, gone: set[int]) -> torch.Tensor:
-    return torch.tensor([i for i in range(size) if i not in gone], dtype=torch.long)
+def weight_options(space: ChannelSpace, plan: Plan | None = None) -> dict[str, dict]:
+    """Per conv / linear layer, which weight-level choices it takes (after ``plan``'s channel pruning, if given).
 
-
-def _select(param: nn.Parameter | None, dim: int, keep: torch.Tensor) -> nn.Parameter | None:
-    if param is None:
-        return None
-    return nn.Parameter(
-        param.data.index_select(dim, keep.to(param.device)).clone(), requires_grad=param.requires_grad
-    )
-
-
-@torch.no_grad()
-def _slice(mod: nn.Module, name: str, dim: str, gone: set[int], *, depthwise: bool = False) -> None:
-    """Remove channel positions ``gone`` from ``mod`` along ``dim`` (``out`` or ``in``), in place.
-
-    ``depthwise`` comes from the traced shape table: slicing a grouped conv's input can make ``groups ==
-    in_channels`` afterwards, so the live module cannot tell."""
-    if isinstance(mod, nn.Conv1d | nn.Conv2d):
-        if dim == "out":
-            keep = _keep(mod.out_channels, gone)
-            mod.weight = _select(mod.weight, 0, keep)
-            mod.bias = _select(mod.bias, 0, keep)
-            if depthwise:
-                mod.in_channels = mod.groups = len(keep)
-            mod.out_channels = len(keep)
-        else:
-            keep = _keep(mod.in_channels, gone)
-            per_in = mod.in_channels // mod.groups
-            local = keep[keep < per_in] if mod.groups > 1 else keep  # balanced: same local columns per block
-            mod.weight = _select(mod.weight, 1, local)
-            mod.in_channels = len(local) * mod.groups
-    elif isinstance(mod, nn.Linear):
-        if dim == "out":
-            keep = _keep(mod.out_features, gone)
-            mod.weight = _select(mod.weight, 0, keep)
-            mod.bias = _select(mod.bias, 0, keep)
-            mod.out_features = len(keep)
-        else:
-            keep = _keep(mod.in_features, gone)
-            mod.weight = _select(mod.weight, 1, keep)
-            mod.in_features = len(keep)
-    elif isinstance(mod, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
-        keep = _keep(mod.num_features, gone)
-        mod.weight, mod.bias = _select(mod.weight, 0, keep), _select(mod.bias, 0, keep)
-        if mod.running_mean is not None:
-            mod.running_mean = mod.running_mean.index_select(0, keep).clone()
-            mod.running_var = mod.running_var.index_select(0, keep).clone()
-        mod.num_features = len(keep)
-    elif isinstance(mod, nn.PReLU) and mod.num_parameters > 1:
-        keep = _keep(mod.num_parameters, gone)
-        mod.weight = _select(mod.weight, 0, keep)
-        mod.num_parameters = len(keep)
-    elif any(True for _ in mod.parameters(recurse=False)):
-        raise PrunekitError(
-            f"cannot prune layer {name} ({type(mod).__name__}); supported: Conv, Linear, BatchNorm, PReLU"
-        )
-
-
-class MaskSet:
-    """Per-parameter multiplicative masks (1 = kept, 0 = pruned) and BN buffers to hold at zero.
-
-    ``apply_(model)`` zeroes pruned weights/biases/BN statistics in place; ``mask_grads_(model)`` zeroes their
-    gradients. Methods call ``apply_`` after every optimiser step so momentum and weight decay cannot revive
-    pruned weights.
+    Returns:
+        ``{layer: {"takes_density": bool, "conv_groups": [legal G > 1], "output": bool}}``; ``output`` marks
+        layers producing a model output (``prunekit check`` leaves those dense). The rules are
+        :meth:`Plan.validate_against`'s.
     """
-
-    def __init__(self) -> None:
-        self.params: dict[str, torch.Tensor] = {}
-        self.bn_channels: dict[str, torch.Tensor] = {}
-
-    def _mask_for(self, model: nn.Module, pname: str) -> torch.Tensor:
-        if pname not in self.params:
-            p = model.get_parameter(pname)
-            self.params[pname] = torch.ones_like(p, dtype=torch.bool, device="cpu")
-        return self.params[pname]
-
-    @torch.no_grad()
-    def apply_(self, model: nn.Module) -> nn.Module:
-        for pname, m in self.params.items():
-            p = model.get_parameter(pname)
-            p.mul_(m.to(p.device, p.dtype))
-        for mname, dead in self.bn_channels.items():
-            bn = model.get_submodule(mname)
-            if getattr(bn, "running_mean", None) is not None:
-                bn.running_mean[dead.to(bn.running_mean.device)] = 0.0
-                bn.running_var[dead.to(bn.running_var.device)] = 1.0
-        return model
-
-    @torch.no_grad()
-    def mask_grads_(self, model: nn.Module) -> None:
-        for pname, m in self.params.items():
-            p = model.get_parameter(pname)
-            if p.grad is not None:
-                p.grad.mul_(m.to(p.grad.device, p.grad.dtype))
-
-    def density(self) -> float:
-        total = sum(m.numel() for m in self.params.values())
-        return float(sum(m.sum().item() for m in self.params.values()) / total) if total else 1.0
-
-    def state_dict(self) -> dict:
-        return {"params": dict(self.params), "bn_channels": dict(self.bn_channels)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.params = dict(state["params"])
-        self.bn_channels = dict(state["bn_channels"])
-
-
-def build_masks(model: nn.Module, plan: Plan, space: ChannelSpace) -> MaskSet:
-    """Masks that zero every slot of the pruned channels: producer rows, BN affine + statistics, consumer columns.
-
-    Raises:
-        PrunekitError: the plan does not fit the space, or a member layer type cannot be masked.
-    """
-    plan.validate_against(space)
-    masks = MaskSet()
-    for g in space.groups:
-        pruned = set(plan.pruned(g))
-        if not pruned:
+    plan = plan or Plan()
+    removed = plan.removed(space)
+    outputs = set(space.output_layers)
+    opts = {}
+    for name, s in space.layers.items():
+        if s.kind not in ("conv", "linear"):
             continue
-        for mem in g.members:
-            pos = [p for p, r in zip(mem.positions, mem.root, strict=True) if r in pruned]
-            if not pos:
-                continue
-            mod = model.get_submodule(mem.module)
-            idx = torch.tensor(pos, dtype=torch.long)
-            prefix = mem.module + "."
-            if isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Linear):
-                if mem.dim == "out":
-                    masks._mask_for(model, prefix + "weight")[idx] = False
-                    if mod.bias is not None:
-                        masks._mask_for(model, prefix + "bias")[idx] = False
-                elif isinstance(mod, nn.Linear) or mod.groups == 1:
-                    masks._mask_for(model, prefix + "weight")[:, idx] = False
-                else:  # grouped conv input: position -> (block, local column)
-                    per_in = mod.in_channels // mod.groups
-                    per_out = mod.out_channels // mod.groups
-                    w = masks._mask_for(model, prefix + "weight")
-                    for p in pos:
-                        blk, local = divmod(p, per_in)
-                        w[blk * per_out : (blk + 1) * per_out, local] = False
-            elif isinstance(mod, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
-                for pn in ("weight", "bias"):
-                    if getattr(mod, pn, None) is not None:
-                        masks._mask_for(model, prefix + pn)[idx] = False
-                if getattr(mod, "running_mean", None) is not None:
-                    dead = masks.bn_channels.setdefault(
-                        mem.module, torch.zeros(mod.num_features, dtype=torch.bool)
-                    )
-                    dead[idx] = True
-            elif isinstance(mod, nn.PReLU) and mod.num_parameters > 1:
-                masks._mask_for(model, prefix + "weight")[idx] = False
-            elif any(True for _ in mod.parameters(recurse=False)):
-                raise PrunekitError(
-                    f"cannot mask layer {mem.module} ({type(mod).__name__}); supported: Conv, Linear, BatchNorm, PReLU"
-                )
-    return masks
-
-
-def mask(model: nn.Module, plan: Plan, space: ChannelSpace) -> tuple[nn.Module, MaskSet]:
-    """Return ``(masked_copy, masks)``: same shapes as ``model``, pruned channels zeroed everywhere.
-
-    In eval mode the masked copy computes the same function as :func:`apply` (``model`` is not modified).
-    """
-    masks = build_masks(model, plan, space)
-    new = clone_model(model)
-    masks.apply_(new)
-    return new, masks
-
-
-def rebuild(plan: Plan, state_dict: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
-    """Rebuild the pruned network from ``plan.model`` (a model spec) and optionally load pruned weights.
-
-    Raises:
-        PrunekitError: the plan has no model spec, or the weights do not fit the pruned architecture.
-    """
-    from prunekit.models import create_model
-
-    if not plan.model:
-        raise PrunekitError("plan has no model spec; cannot rebuild the network")
-    base = create_model(plan.model)
-    pruned = apply(base, plan)
-    if state_dict is not None:
-        try:
-            pruned.load_state_dict(state_dict, strict=True)
-        except RuntimeError as exc:
-            raise PrunekitError(
-                f"weights do not fit the pruned model: {str(exc).splitlines()[0][:200]}"
-            ) from None
-    return pruned
+        groups: list[int] = []
+        if can_regroup(s):
+            groups = [g for g in legal_conv_groups(*plan.layer_widths(space, name, removed)) if g > 1]
+        opts[name] = {"takes_density": takes_density(s), "conv_groups": groups, "output": name in outputs}
+    return opts

@@ -4,23 +4,24 @@ JCW (Zhao et al., "Joint Channel and Weight Pruning for Model Acceleration on Mo
 same authors' ALCS, arXiv 2109.00170) prunes weights in *SIMD-structured* blocks: consecutive output channels are
 grouped (``group_size`` = 4) and the filters of a group share one sparsity pattern over the (in_channel, kh, kw)
 positions. This module implements that structure for any block shape, as pure functions on weight tensors;
-integrating it into :func:`~prunekit.space.plan.mask`, ``apply`` and the cost model is done elsewhere.
+:mod:`prunekit.space.realise` applies it to plans (``LayerChoice.density``) and :mod:`prunekit.cost.macs` counts it.
 
 Block layout
     A weight ``[O, I, *kernel]`` (conv1d/2d/3d ``[O, I, k...]`` or linear ``[O, I]``) is viewed as the matrix
     ``[O, F]`` with ``F = I * prod(kernel)`` (the flattened ``(in_channels, kh, kw)`` axis, in PyTorch's memory
     order). ``block=(bo, bi)`` cuts it into blocks of ``bo`` consecutive output channels x ``bi`` consecutive
-    positions of the flattened axis, on the grid ``[nbo, nbi] = [ceil(O / bo), ceil(F / bi)]``. Blocks are numbered
-    row-major on that grid (``index = r * nbi + c``). The default ``(4, 1)`` is JCW's: 4 filters share one pattern
-    over ``(in_channel, kh, kw)``.
+    positions of the flattened axis, on the grid of *whole* blocks ``[nbo, nbi] = [O // bo, F // bi]``. Blocks are
+    numbered row-major on that grid (``index = r * nbi + c``). The default ``(4, 1)`` is JCW's: 4 filters share one
+    pattern over ``(in_channel, kh, kw)``.
 
-Edge-block rule (``O % bo != 0`` or ``F % bi != 0``)
-    The last row / column of the grid holds *partial* blocks (fewer elements). A partial block is a block like any
-    other: it counts as one block in ``n_blocks = nbo * nbi`` (so in :func:`n_kept_blocks`), it is kept or dropped
-    as a whole, and it is ranked by the raw norm of the elements it has (no rescaling to the full block size). Raw
-    norms are what make :func:`project` the exact Euclidean projection: zeroing a block costs exactly its squared L2
-    norm, whatever its size. Consequently the kept *element* fraction (:func:`effective_density`) can differ
-    slightly from the block density when partial blocks are kept or dropped.
+Edge rule (``O % bo != 0`` or ``F % bi != 0``)
+    The last ``O % bo`` rows and ``F % bi`` columns do not fill a block; they form the *edge*, which is always kept
+    (dense), like the remainder loop of a SIMD kernel. Density applies to the whole blocks only: ``n_blocks = nbo *
+    nbi`` and ``k = n_kept_blocks(n_blocks, density)`` of them are kept. A weight smaller than one block has no whole
+    block and stays dense. Because the edge is fixed, the number of kept *elements* depends only on the shape, the
+    block and the density (:func:`kept_elements`), never on the weights: the analytic effective cost of a plan is
+    exact. It is slightly above ``density * O * F`` when there is an edge (:func:`effective_density` of the mask).
+    :func:`project` is the exact Euclidean projection onto this set (zeroing a block costs its squared L2 norm).
 
 Kept count and ties
     ``k = n_kept_blocks(n_blocks, density)``: the nearest integer to ``density * n_blocks`` (halves up, as
@@ -34,7 +35,7 @@ Norms
     Framework using ADMM", ECCV 2018, Z-update). Norms are computed in float32 (float64 for float64 weights).
 
 Errors
-    Invalid arguments (density outside ``(0, 1]``, a malformed block or one larger than the weight matrix, a weight
+    Invalid arguments (density outside ``(0, 1]``, a malformed block, a weight
     that is not a floating-point tensor with 2 to 5 dims, ``p`` not 1 or 2) raise :class:`SparsityError`, a
     :class:`~prunekit.errors.PrunekitError` that is also a ``ValueError``, with a one-line message.
 
@@ -63,6 +64,7 @@ __all__ = [
     "block_norms",
     "effective_density",
     "kept_blocks",
+    "kept_elements",
     "n_kept_blocks",
     "project",
     "refresh_mask",
@@ -96,8 +98,8 @@ def _check_weight(weight: object) -> tuple[int, int]:
     return o, f
 
 
-def _check_block(block: object, o: int, f: int) -> tuple[int, int]:
-    """``block`` as ``(bo, bi)`` after checking it is two positive ints no larger than the ``[O, F]`` matrix."""
+def _check_block(block: object) -> tuple[int, int]:
+    """``block`` as ``(bo, bi)`` after checking it is two positive ints."""
     try:
         bo, bi = block  # type: ignore[misc]
     except (TypeError, ValueError):
@@ -107,11 +109,6 @@ def _check_block(block: object, o: int, f: int) -> tuple[int, int]:
     bo, bi = int(bo), int(bi)
     if bo < 1 or bi < 1:
         raise SparsityError(f"block sizes must be >= 1, got {(bo, bi)}")
-    if bo > o or bi > f:
-        raise SparsityError(
-            f"block {(bo, bi)} is larger than the weight matrix [{o}, {f}] (out_channels x in_channels*kernel); "
-            f"use a block of at most ({o}, {f})"
-        )
     return bo, bi
 
 
@@ -134,13 +131,13 @@ def _check_p(p: object) -> int:
 def block_grid(
     shape: torch.Size | tuple[int, ...], block: tuple[int, int] = DEFAULT_BLOCK
 ) -> tuple[int, int]:
-    """The block grid ``(nbo, nbi) = (ceil(O / bo), ceil(F / bi))`` of a weight shape (``F = I * prod(kernel)``).
+    """The grid of whole blocks ``(nbo, nbi) = (O // bo, F // bi)`` of a weight shape (``F = I * prod(kernel)``).
 
-    ``nbo * nbi`` is the number of blocks, partial edge blocks included (each counts as one block).
+    ``nbo * nbi`` is the number of blocks density applies to (0 for a weight smaller than one block); the edge rows
+    and columns outside the grid are always kept (see the module's edge rule).
 
     Raises:
-        SparsityError: the shape has not 2 to 5 dims or is empty, or the block is malformed or larger than
-            ``[O, F]``.
+        SparsityError: the shape has not 2 to 5 dims or is empty, or the block is malformed.
     """
     shape = tuple(int(s) for s in shape)
     if not (_MIN_DIMS <= len(shape) <= _MAX_DIMS):
@@ -150,12 +147,36 @@ def block_grid(
     o, f = shape[0], int(math.prod(shape[1:]))
     if o == 0 or f == 0:
         raise SparsityError(f"weight must not be empty, got shape {list(shape)}")
-    bo, bi = _check_block(block, o, f)
-    return -(-o // bo), -(-f // bi)
+    bo, bi = _check_block(block)
+    return o // bo, f // bi
+
+
+def kept_elements(
+    o: np.ndarray | int, f: np.ndarray | int, density: float, block: tuple[int, int] = DEFAULT_BLOCK
+) -> np.ndarray:
+    """Elements :func:`block_mask` keeps in an ``[O, F]`` weight matrix, without the weight (vectorised).
+
+    ``k * bo * bi`` (the kept whole blocks, ``k = n_kept_blocks(nbo * nbi, density)``) plus the edge
+    ``O * F - nbo * bo * nbi * bi``; ``O * F`` when there is no whole block. ``o`` and ``f`` may be arrays (a
+    population of widths); non-integral values are floored (they come from affine width maps).
+
+    Returns:
+        float64 array of the broadcast shape of ``o`` and ``f``.
+
+    Raises:
+        SparsityError: invalid density or block.
+    """
+    d = _check_density(density)
+    bo, bi = _check_block(block)
+    o = np.floor(np.asarray(o, dtype=np.float64) + 1e-9)
+    f = np.floor(np.asarray(f, dtype=np.float64) + 1e-9)
+    n = np.floor(o / bo) * np.floor(f / bi)
+    k = np.clip(np.floor(d * n + 0.5 + 1e-9), np.minimum(n, 1.0), n)
+    return k * bo * bi + (o * f - n * bo * bi)
 
 
 def block_norms(weight: torch.Tensor, block: tuple[int, int] = DEFAULT_BLOCK, p: int = 1) -> torch.Tensor:
-    """The L1 (``p=1``) or L2 (``p=2``) norm of every block of ``weight``.
+    """The L1 (``p=1``) or L2 (``p=2``) norm of every whole block of ``weight``.
 
     Args:
         weight: conv ``[O, I, k...]`` or linear ``[O, I]`` weight, floating point (any device; not modified).
@@ -164,23 +185,19 @@ def block_norms(weight: torch.Tensor, block: tuple[int, int] = DEFAULT_BLOCK, p:
         p: 1 (sum of absolute values) or 2 (square root of the sum of squares).
 
     Returns:
-        Norms ``[nbo, nbi]`` (see :func:`block_grid`), in the weight's units, on the weight's device, float32
-        (float64 for a float64 weight), detached. Partial edge blocks get the norm of the elements they have.
+        Norms ``[nbo, nbi]`` (see :func:`block_grid`; a dim is 0 for a weight smaller than one block), in the
+        weight's units, on the weight's device, float32 (float64 for a float64 weight), detached.
 
     Raises:
         SparsityError: invalid weight, block or ``p`` (one line).
     """
     o, f = _check_weight(weight)
-    bo, bi = _check_block(block, o, f)
+    bo, bi = _check_block(block)
     p = _check_p(p)
-    nbo, nbi = -(-o // bo), -(-f // bi)
+    nbo, nbi = o // bo, f // bi
     dtype = torch.promote_types(weight.dtype, torch.float32)
-    mat = weight.detach().reshape(o, f).to(dtype)
+    mat = weight.detach().reshape(o, f)[: nbo * bo, : nbi * bi].to(dtype)
     mat = mat.abs() if p == 1 else mat * mat
-    if nbo * bo != o or nbi * bi != f:  # pad partial edge blocks with zeros (no effect on L1 / L2 norms)
-        padded = mat.new_zeros(nbo * bo, nbi * bi)
-        padded[:o, :f] = mat
-        mat = padded
     norms = mat.reshape(nbo, bo, nbi, bi).sum(dim=(1, 3))
     return norms if p == 1 else norms.sqrt()
 
@@ -205,13 +222,17 @@ def n_kept_blocks(n_blocks: int, density: float) -> int:
 def kept_blocks(
     weight: torch.Tensor, density: float, block: tuple[int, int] = DEFAULT_BLOCK, p: int = 1
 ) -> torch.Tensor:
-    """Which blocks :func:`block_mask` keeps: bool ``[nbo, nbi]`` with exactly ``n_kept_blocks(nbo*nbi, density)``
-    True entries, the blocks of largest ``p``-norm (ties: lower row-major block index first).
+    """Which whole blocks :func:`block_mask` keeps: bool ``[nbo, nbi]`` with exactly
+    ``n_kept_blocks(nbo*nbi, density)`` True entries (none when there is no whole block), the blocks of largest
+    ``p``-norm (ties: lower row-major block index first).
 
     Raises:
         SparsityError: invalid weight, density, block or ``p`` (one line).
     """
     norms = block_norms(weight, block, p)
+    if norms.numel() == 0:
+        _check_density(density)
+        return torch.zeros(norms.shape, dtype=torch.bool, device=norms.device)
     k = n_kept_blocks(norms.numel(), density)
     flat = norms.reshape(-1)
     keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
@@ -227,7 +248,7 @@ def kept_blocks(
 def block_mask(
     weight: torch.Tensor, density: float, block: tuple[int, int] = DEFAULT_BLOCK, p: int = 1
 ) -> torch.Tensor:
-    """Element mask keeping the ``n_kept_blocks(n_blocks, density)`` blocks of largest norm, whole blocks only.
+    """Element mask keeping the ``n_kept_blocks(n_blocks, density)`` whole blocks of largest norm, and the edge.
 
     Args:
         weight: conv ``[O, I, k...]`` or linear ``[O, I]`` weight, floating point (not modified).
@@ -236,17 +257,20 @@ def block_mask(
         p: norm ranking the blocks: 1 (JCW's search-time L1) or 2 (JCW's ADMM / fine-tuning L2).
 
     Returns:
-        Bool tensor of ``weight``'s shape and device; every block is all-True or all-False; ties between equal
-        norms are broken by block index (lower kept), so the mask is deterministic.
+        Bool tensor of ``weight``'s shape and device; every block is all-True or all-False, the edge all-True
+        (:func:`kept_elements` counts it); ties between equal norms are broken by block index (lower kept), so the
+        mask is deterministic.
 
     Raises:
-        SparsityError: density outside ``(0, 1]``, a malformed block or one larger than ``[O, F]``, a weight that
-            is not a floating-point tensor with 2 to 5 dims, or ``p`` not 1 or 2 (one line).
+        SparsityError: density outside ``(0, 1]``, a malformed block, a weight that is not a floating-point
+            tensor with 2 to 5 dims, or ``p`` not 1 or 2 (one line).
     """
     o, f = _check_weight(weight)
     keep = kept_blocks(weight, density, block, p)
     bo, bi = int(block[0]), int(block[1])
-    mat = keep.repeat_interleave(bo, dim=0)[:o].repeat_interleave(bi, dim=1)[:, :f]
+    nbo, nbi = keep.shape
+    mat = torch.ones(o, f, dtype=torch.bool, device=weight.device)  # the edge is always kept
+    mat[: nbo * bo, : nbi * bi] = keep.repeat_interleave(bo, dim=0).repeat_interleave(bi, dim=1)
     return mat.reshape(weight.shape)
 
 
@@ -265,7 +289,8 @@ def refresh_mask(
 def project(
     weight: torch.Tensor, density: float, block: tuple[int, int] = DEFAULT_BLOCK, p: int = 2
 ) -> torch.Tensor:
-    """Euclidean projection of ``weight`` onto the weights whose nonzeros lie in at most ``k`` blocks.
+    """Euclidean projection of ``weight`` onto the weights whose nonzeros lie in at most ``k`` whole blocks plus the
+    edge.
 
     ``k = n_kept_blocks(n_blocks, density)``. The projection keeps the ``k`` blocks of largest L2 norm unchanged and
     zeroes the others: zeroing a block costs its squared L2 norm, so this minimises ``||weight - z||_2`` over the
@@ -293,7 +318,7 @@ def project(
 def effective_density(mask: torch.Tensor | np.ndarray) -> float:
     """Fraction of the elements of ``mask`` that are kept (nonzero), in ``[0, 1]``.
 
-    With partial edge blocks this can differ from the block density (see the module's edge-block rule).
+    With an edge this is above the block density (see the module's edge rule).
 
     Raises:
         SparsityError: ``mask`` is not a tensor / array, or is empty.

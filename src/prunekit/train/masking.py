@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from prunekit.space.plan import MaskSet
+from prunekit.space.masks import MaskSet
 from prunekit.train.loop import Callback, TrainState
 
 __all__ = ["MaskCallback"]
