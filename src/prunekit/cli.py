@@ -11,7 +11,6 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from prunekit.errors import PrunekitError
@@ -22,46 +21,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Structured pruning of CNNs: inspect, check, run, train, eval, export.",
 )
-console = Console()
-
-ModelArg = Annotated[
-    str, typer.Argument(help="Model spec: NAME[:key=value,...], timm:NAME, or path/file.py:factory.")
-]
-InputSize = Annotated[
-    int | None,
-    typer.Option(
-        "--input-size", min=8, help="Input height/width (default: 32 for CIFAR-style models, else 224)."
-    ),
-]
-InChans = Annotated[
-    int | None, typer.Option("--in-chans", min=1, help="Input channels (overrides the spec).")
-]
-NumClasses = Annotated[
-    int | None, typer.Option("--num-classes", min=1, help="Classifier outputs (overrides the spec).")
-]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print one machine-readable JSON object instead of tables.")
-]
-
-_CIFAR_STYLE = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg16_bn", "vgg19_bn")
-
-
-def _build(spec: str, input_size: int | None, in_chans: int | None, num_classes: int | None):
-    from prunekit.models import create_model, parse_spec
-
-    parsed = parse_spec(spec)
-    model = create_model(spec, num_classes=num_classes, in_chans=in_chans)
-    if input_size is None:
-        input_size = 32 if parsed.source == "builtin" and parsed.name in _CIFAR_STYLE else 224
-    channels = in_chans or parsed.kwargs.get("in_chans", 3)
-    return model, (1, int(channels), input_size, input_size)
-
-
-def _fmt(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.3f}{unit}"
-    return str(int(n))
+from prunekit.cli_common import (  # noqa: E402
+    InChans,
+    InputSize,
+    JsonOpt,
+    ModelArg,
+    NumClasses,
+    _build,
+    _fmt,
+    console,
+)
 
 
 @app.command()
@@ -346,6 +315,11 @@ def export(
     console.print(
         f"wrote {info.path} ({info.size_bytes:,} bytes, opset {info.opset}, max|diff| {info.max_abs_diff:.1e})"
     )
+
+
+from prunekit.cli_lut import lut_app  # noqa: E402  (after `app`: the sub-app registers on it)
+
+app.add_typer(lut_app, name="lut")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,15 +102,23 @@ def build_budget(
             f"method {cfg.method.name} cannot prune to a {'/'.join(unsupported)} target (it supports "
             f"{', '.join(supported)}); use uniform or magnitude, or give target.macs_ratio"
         )
-    budget = Budget.from_target(
-        target,
-        cost,
-        latency=lambda: MeasuredLatency(model, cost.space, input_shape, threads=cfg.export.latency_threads),
-    )
+    budget = Budget.from_target(target, cost, latency=lambda: _latency_fn(cfg, cost, model, input_shape))
     budget.require_reachable(
         cost.space.channels * 0 + 1, who="prunekit", how="one channel per group", fix="raise the target"
     )
     return budget
+
+
+def _latency_fn(cfg: RunConfig, cost: CostModel, model: nn.Module, input_shape: tuple[int, ...]):
+    """The budget's latency function: the table's predictor when ``target.latency_lut`` names one (its machine
+    signature checked against this machine and ``export.latency_threads``), else ONNX Runtime measurements."""
+    if cfg.target is not None and cfg.target.latency_lut:
+        from prunekit.cost.lut import load_table
+        from prunekit.cost.predict import LatencyModel
+
+        table = load_table(cfg.target.latency_lut, runtime="ort", threads=cfg.export.latency_threads)
+        return LatencyModel(table, cost.space, batch=1)
+    return MeasuredLatency(model, cost.space, input_shape, threads=cfg.export.latency_threads)
 
 
 class RunState:

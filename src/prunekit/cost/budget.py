@@ -61,7 +61,7 @@ class TargetConfig(BaseModel):
     Each metric is given at most once, absolute or as a fraction of the baseline in ``(0, 1]``: ``macs`` /
     ``macs_ratio`` (conv + linear MACs per sample), ``params`` / ``params_ratio`` (parameter count), ``latency_ms`` /
     ``latency_ratio`` (batch-1 latency in the run's runtime, ``export.latency_threads`` threads; measured with ONNX
-    Runtime on this machine).
+    Runtime on this machine, or predicted from ``latency_lut``, a table built with ``prunekit lut build``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -71,6 +71,11 @@ class TargetConfig(BaseModel):
     params: int | None = Field(default=None, gt=0)
     latency_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
     latency_ms: float | None = Field(default=None, gt=0.0)
+    latency_lut: str | None = Field(
+        default=None,
+        description="A latency table (prunekit lut build) for this model on this machine: a latency constraint is "
+        "then predicted during the search (fast) instead of measured; the final model is still measured.",
+    )
 
     @model_validator(mode="after")
     def _one_per_metric(self) -> TargetConfig:
@@ -82,6 +87,10 @@ class TargetConfig(BaseModel):
         for m in given:
             if self.absolute(m) is not None and self.ratio(m) is not None:
                 raise ValueError(f"give target.{m} or target.{_RATIO_KEY[m]}, not both")
+        if self.latency_lut and "latency_ms" not in given:
+            raise ValueError(
+                "target.latency_lut predicts latency: give target.latency_ratio or latency_ms with it"
+            )
         return self
 
     def absolute(self, metric: Metric) -> float | None:
@@ -345,8 +354,13 @@ class Budget:
             elif c.metric == "params":
                 ok &= np.rint(self.cost.params(w)) <= c.limit
         for c in self.constraints:
-            if c.metric == "latency_ms":
-                for i in np.flatnonzero(ok):
+            if c.metric != "latency_ms":
+                continue
+            rows = np.flatnonzero(ok)
+            if hasattr(self.latency, "batch") and len(rows):  # a predictor: the whole population at once
+                ok[rows] = self.latency.batch(w[rows]) <= c.limit  # type: ignore[union-attr]
+            else:
+                for i in rows:
                     ok[i] = self.value("latency_ms", w[i]) <= c.limit
         return ok
 
@@ -410,9 +424,12 @@ class Budget:
         out = []
         for c in self.constraints:
             base: float | None = c.baseline
+            predicted = None
             if measured and measured.get(c.metric) is not None:
                 achieved, source = float(measured[c.metric]), "measured"  # type: ignore[arg-type]
                 base = (baseline_measured or {}).get(c.metric)
+                if c.source == "predicted":
+                    predicted = self.value(c.metric, plan)
             elif c.metric == "latency_ms" and measured is not None and c.metric in measured:
                 achieved, source = None, c.source
             else:
@@ -433,6 +450,7 @@ class Budget:
                     "met": met,
                     "ratio_of_baseline": c.ratio,
                     "source": source,
+                    **({"predicted": predicted} if predicted is not None else {}),
                 }
             )
         return out

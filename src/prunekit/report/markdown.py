@@ -216,7 +216,10 @@ def _constraints(r: Mapping) -> list[str]:
         met = DASH if met is None else "✓" if met else "✗"
         got, got_share = fmt(c.get("achieved")), _num(c.get("achieved_ratio"))
         got += f" ({fmt_pct(got_share, 1)})" if got != DASH and got_share is not None else ""
-        rows.append([label, asked, got, met, c.get("source") or DASH])
+        source = str(c.get("source") or DASH)
+        if c.get("predicted") is not None:
+            source += f" (predicted {fmt(c.get('predicted'))})"
+        rows.append([label, asked, got, met, source])
     if not rows:
         return []
     table = _table(["metric", "asked", "achieved", "met", "source"], rows, ["l", "r", "r", "c", "l"])

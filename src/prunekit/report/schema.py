@@ -164,6 +164,12 @@ class Constraint(_Model):
     source: ConstraintSource = Field(
         description="How `achieved` was obtained: 'analytic' (counted), 'measured' or 'predicted' (latency model)."
     )
+    predicted: float | None = Field(
+        None,
+        ge=0,
+        description="The latency table's prediction for the pruned model (what the search constrained), when "
+        "`achieved` was measured.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,456 @@
+"""Per-layer latency lookup tables, measured on the target runtime (``prunekit lut build``).
+
+JCW (Zhao et al., 2021, §3.3, seed 000) searches against latency read from a per-layer table measured on the
+device: a grid of (kept input channels, kept output channels) per conv, read by multilinear interpolation. This
+module builds such a table for any model of a :class:`~prunekit.space.channels.ChannelSpace`:
+
+* **Layers**: every conv / transposed conv / linear of the space's layer table, as exported (BatchNorm folded: a
+  conv with a bias). Layers with the same signature (kind, kernel, stride, padding, dilation, input size, groups,
+  full channels, which axes can shrink) are measured once.
+* **Grid**: along an axis that channel pruning can shrink, the points are multiples of the runtime's channel block
+  (``unit``: 16 on AVX-512, 8 on AVX2 for ONNX Runtime's NCHWc kernels; an 11-channel conv costs what a 16-channel
+  one does, so the points sit where the cost changes), ``points`` of them at most, always with the full width; an
+  axis fed by fixed channels (the image, a dropped group) has one point. Group counts ``groups`` (GConv) are
+  measured for dense convs on the points they divide; weight densities ``densities`` at full width, as a factor
+  over the dense time (ONNX Runtime and torch do not skip zero weights: the factor is ~1, and the table shows it).
+* **Overhead**: what the layers do not cover (activations, pooling, adds, concatenations, layout reorders) is the
+  measured whole-model latency minus the sum of the layer predictions, at the full model and at a uniformly
+  half-width one; the predictor interpolates it linearly in the activation volume (``sum c_out * H * W``).
+* **Signature**: runtime and version, threads, CPU model and ISA, batch sizes; :func:`load_table` refuses a table
+  made for another runtime or machine unless told to.
+
+The table is JSON, written atomically after every layer signature, so a killed build resumes where it stopped.
+Times are milliseconds per forward pass of one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prunekit.cost.macs import CostModel
+from prunekit.cost.runtimes import LayerConfig, machine_signature, runnable, time_interleaved
+from prunekit.errors import PrunekitError, validation_message
+from prunekit.io import write_text
+from prunekit.progress import progress_bar
+from prunekit.space import ChannelSpace, legal_conv_groups
+from prunekit.space.plan import can_regroup
+
+log = logging.getLogger(__name__)
+
+LUT_VERSION = 1
+
+
+class Grid(BaseModel):
+    """Measured ms on a ``c_in x c_out`` grid for one group count: ``ms[batch][i][j]`` at ``(c_in[i], c_out[j])``."""
+
+    model_config = ConfigDict(extra="forbid")
+    c_in: list[int]
+    c_out: list[int]
+    ms: dict[str, list[list[float]]] = Field(default_factory=dict)
+
+
+class Entry(BaseModel):
+    """One layer signature: its shape facts, the layers that share it, its grids per group count and its density
+    factors. ``grids["1"]`` is the layer as it is (dense, depthwise or its own grouping) at channel counts that are
+    multiples of the unit; ``grids["1u"]`` the same layer at counts that are not (ONNX Runtime runs those without
+    its blocked kernels: a different, slower cost, not the next multiple's); ``grids["G"]`` (G > 1) the dense conv
+    turned into a G-group conv. ``tied``: a depthwise conv (``c_in == c_out``, one axis)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    layers: list[str]
+    config: dict[str, Any]
+    c_in_full: int
+    c_out_full: int
+    in_unit: int
+    out_unit: int
+    tied: bool = False
+    grids: dict[str, Grid] = Field(default_factory=dict)
+    densities: list[float] = Field(default_factory=list)
+    density_factor: dict[str, list[float]] = Field(default_factory=dict)
+
+
+class Overhead(BaseModel):
+    """What the layers measured alone do not cover, fitted on whole-model measurements (per batch size).
+
+    ``features[k]`` of calibration model ``k``: ``[1, aligned traffic, unaligned traffic]``, the traffic of a layer
+    being its input plus output activations (``c_in*H_in*W_in + c_out*H*W``), split by whether its channel counts
+    are multiples of the unit. ``residual_ms[batch][k]``: measured minus the sum of the layer predictions;
+    ``coef[batch]``: least-squares fit of the residual on the features. It absorbs ONNX Runtime's layout reorders
+    (a layer timed alone pays NCHW -> NCHWc and back; inside the model only unaligned layers do), activations,
+    pooling and adds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    labels: list[str]
+    features: list[list[float]]
+    residual_ms: dict[str, list[float]]
+    measured_ms: dict[str, list[float]]
+    coef: dict[str, list[float]]
+
+
+class LatencyTable(BaseModel):
+    """A per-layer latency table of one model on one runtime and machine (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = LUT_VERSION
+    model: str | None = None
+    input_shape: list[int]
+    machine: dict[str, Any]
+    batches: list[int]
+    unit: int
+    points: int
+    groups: list[int]
+    densities: list[float]
+    entries: dict[str, Entry] = Field(default_factory=dict)
+    layer_entry: dict[str, str] = Field(default_factory=dict)
+    overhead: Overhead | None = None
+    build_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.overhead is not None and all(e.grids for e in self.entries.values())
+
+    def save(self, path: str | Path) -> None:
+        write_text(path, self.model_dump_json(indent=1) + "\n")
+
+
+def load_table(
+    path: str | Path, *, runtime: str | None = None, threads: int | None = None, allow_mismatch: bool = False
+) -> LatencyTable:
+    """Read a table written by :func:`build_table`; refuse one measured for another machine or runtime.
+
+    Raises:
+        PrunekitError: missing / invalid file, an incomplete build, or (unless ``allow_mismatch``) a runtime,
+            thread count, CPU model or ISA that differs from this machine's (one line naming the difference).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PrunekitError(f"latency table not found: {path} (build one with `prunekit lut build`)")
+    try:
+        table = LatencyTable.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise PrunekitError(f"latency table {path} is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        raise PrunekitError(validation_message(exc, what=f"latency table {path}")) from None
+    if not table.complete:
+        raise PrunekitError(
+            f"latency table {path} is incomplete (a build was interrupted); run the build again"
+        )
+    if not allow_mismatch:
+        here = machine_signature(runtime or table.machine["runtime"], threads or table.machine["threads"])
+        for key in ("runtime", "version", "threads", "cpu", "isa"):
+            if here.get(key) != table.machine.get(key):
+                raise PrunekitError(
+                    f"latency table {path} was measured with {key} {table.machine.get(key)!r}, this machine has "
+                    f"{here.get(key)!r}; build a table here (prunekit lut build) or pass allow_mismatch"
+                )
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- layer facts
+def _input_spatial(
+    model: nn.Module, names: list[str], input_shape: Sequence[int]
+) -> dict[str, tuple[int, ...]]:
+    """Per layer, its input's spatial size (conv: ``(H, W)``; linear: the dims between batch and features)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(mod: nn.Module, inputs: tuple, output: Any) -> None:
+            shapes.setdefault(name, tuple(inputs[0].shape))
+
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in names]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, *tuple(input_shape)[1:]))
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return {
+        n: (s[1:-1] if isinstance(model.get_submodule(n), nn.Linear) else s[2:]) for n, s in shapes.items()
+    }
+
+
+def _axis(full: int, unit: int, k: int, fixed: bool, multiple: int = 1) -> list[int]:
+    """Grid points of one channel axis: multiples of ``lcm(unit, multiple)`` up to ``full`` (at most ``k``,
+    spread evenly over them, always with the smallest and ``full``); ``[full]`` for a fixed axis."""
+    if fixed:
+        return [full]
+    step = math.lcm(max(1, unit), max(1, multiple))
+    cands = list(range(step, full, step)) + [full]
+    if len(cands) > k:
+        idx = np.unique(np.round(np.linspace(0, len(cands) - 1, k)).astype(int))
+        cands = [cands[i] for i in idx]
+    return cands
+
+
+def _unaligned(points: list[int], unit: int, multiple: int, fixed: bool) -> list[int]:
+    """Grid points between the aligned ones (``p - unit / 2``, kept a multiple of ``multiple``); the points
+    themselves for a fixed axis or a unit of 1."""
+    if fixed or unit <= 1:
+        return points
+    half = max(1, unit // 2)
+    out = sorted({max(multiple, (p - half) // multiple * multiple) for p in points if p > half})
+    return out or points
+
+
+def _layer_config(mod: nn.Module, kind: str, spatial: tuple[int, ...]) -> dict[str, Any]:
+    if kind == "linear":
+        return {"kind": "linear", "in_spatial": list(spatial), "bias": mod.bias is not None}
+    two = len(mod.kernel_size)
+    pad = mod.padding if isinstance(mod.padding, tuple) else (0,) * two
+    cfg = {
+        "kind": "conv_transpose" if isinstance(mod, nn.ConvTranspose1d | nn.ConvTranspose2d) else "conv",
+        "kernel": list(mod.kernel_size),
+        "stride": list(mod.stride),
+        "padding": list(pad),
+        "dilation": list(mod.dilation),
+        "in_spatial": list(spatial),
+        "bias": True,  # BatchNorm is folded into the conv on export
+    }
+    if cfg["kind"] == "conv_transpose":
+        cfg["output_padding"] = list(mod.output_padding)
+    return cfg
+
+
+def plan_entries(
+    model: nn.Module,
+    space: ChannelSpace,
+    *,
+    unit: int,
+    points: int,
+    groups: Sequence[int],
+    densities: Sequence[float],
+) -> tuple[dict[str, Entry], dict[str, str]]:
+    """The table's entries (not yet measured) and ``{layer: entry key}`` for every conv / linear of ``space``."""
+    cm = CostModel(space)
+    names = [n for n in cm.names if space.layers[n].kind in ("conv", "linear")]
+    spatial = _input_spatial(model, names, space.input_shape)
+    entries: dict[str, Entry] = {}
+    layer_entry: dict[str, str] = {}
+    for n in names:
+        i = cm.names.index(n)
+        s, mod = space.layers[n], model.get_submodule(n)
+        in_fixed, out_fixed = not cm.A_in[i].any(), not cm.A_out[i].any()
+        conv_like = s.kind == "conv"
+        base_groups = 1 if s.depthwise else s.conv_groups
+        config = _layer_config(mod, s.kind, spatial.get(n, ()))
+        key_facts = {
+            **config,
+            "c_in": s.in_size,
+            "c_out": s.out_size,
+            "groups": s.conv_groups,
+            "depthwise": s.depthwise,
+            "in_fixed": in_fixed,
+            "out_fixed": out_fixed,
+        }
+        key = json.dumps(key_facts, sort_keys=True)
+        layer_entry[n] = key
+        if key in entries:
+            entries[key].layers.append(n)
+            continue
+        u_in = unit if conv_like and not in_fixed else 1
+        u_out = unit if conv_like and not out_fixed else 1
+        entries[key] = Entry(
+            kind=s.kind,
+            layers=[n],
+            config={**config, "groups": s.conv_groups, "depthwise": s.depthwise},
+            c_in_full=s.in_size,
+            c_out_full=s.out_size,
+            in_unit=u_in,
+            out_unit=u_out,
+            tied=s.depthwise,
+            densities=sorted({1.0, *densities}, reverse=True) if not s.depthwise else [1.0],
+        )
+        e = entries[key]
+        e.grids["1"] = Grid(
+            c_in=_axis(s.in_size, u_in, points, in_fixed or s.depthwise, base_groups),
+            c_out=_axis(s.out_size, u_out, points, out_fixed, base_groups),
+        )
+        if u_in > 1 or u_out > 1:
+            e.grids["1u"] = Grid(
+                c_in=_unaligned(e.grids["1"].c_in, u_in, base_groups, s.depthwise or in_fixed),
+                c_out=_unaligned(e.grids["1"].c_out, u_out, base_groups, out_fixed),
+            )
+        if can_regroup(s):
+            for g in (int(g) for g in groups if int(g) > 1):
+                if g not in legal_conv_groups(s.in_size, s.out_size):
+                    continue
+                grid = Grid(
+                    c_in=[c for c in e.grids["1"].c_in if c % g == 0],
+                    c_out=[c for c in e.grids["1"].c_out if c % g == 0],
+                )
+                if grid.c_in and grid.c_out:
+                    e.grids[str(g)] = grid
+    return entries, layer_entry
+
+
+def _cfg(e: Entry, c_in: int, c_out: int, g: int, density: float = 1.0) -> LayerConfig:
+    c = e.config
+    if e.tied:
+        c_in, groups = c_out, c_out
+    else:
+        groups = g if g > 1 else int(c.get("groups", 1))
+    two = lambda k, d: tuple(c.get(k, d))  # noqa: E731
+    return LayerConfig(
+        kind=c["kind"],
+        c_in=c_in,
+        c_out=c_out,
+        groups=groups if c["kind"] != "linear" else 1,
+        kernel=two("kernel", (1, 1)),
+        stride=two("stride", (1, 1)),
+        padding=two("padding", (0, 0)),
+        dilation=two("dilation", (1, 1)),
+        output_padding=two("output_padding", (0, 0)),
+        in_spatial=tuple(c.get("in_spatial", ())),
+        density=density,
+        bias=bool(c.get("bias", True)),
+    )
+
+
+def measure_entry(
+    e: Entry, batches: Sequence[int], runtime: str, threads: int, *, rounds: int, tick: Callable[[], None]
+) -> None:
+    """Fill ``e.grids[*].ms`` and ``e.density_factor`` (in place), each batch's points timed in interleaved rounds."""
+    for b in batches:
+        cfgs: list[tuple[str, int, int, LayerConfig]] = []
+        for g_key, grid in e.grids.items():
+            for i, ci in enumerate(grid.c_in):
+                for j, co in enumerate(grid.c_out):
+                    cfgs.append((g_key, i, j, _cfg(e, ci, co, int(g_key.rstrip("u")))))
+        dens = [_cfg(e, e.c_in_full, e.c_out_full, 1, d) for d in e.densities]
+        fns = [runnable(c, b, runtime, threads) for *_, c in cfgs] + [
+            runnable(c, b, runtime, threads) for c in dens
+        ]
+        ms = time_interleaved(fns, runtime, rounds=rounds)
+        for (g_key, i, j, _), t in zip(cfgs, ms, strict=False):
+            grid = e.grids[g_key]
+            table = grid.ms.setdefault(str(b), [[0.0] * len(grid.c_out) for _ in grid.c_in])
+            table[i][j] = t
+        dense = ms[len(cfgs)]
+        e.density_factor[str(b)] = [t / dense for t in ms[len(cfgs) :]]
+        tick()
+
+
+def build_table(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    out: str | Path,
+    *,
+    spec: str | None = None,
+    runtime: str = "ort",
+    threads: int = 1,
+    batches: Sequence[int] = (1,),
+    points: int = 7,
+    groups: Sequence[int] = (1, 2, 4),
+    densities: Sequence[float] = (1.0, 0.5, 0.2),
+    unit: int | None = None,
+    rounds: int = 3,
+    overhead: Callable[[LatencyTable, ChannelSpace], Overhead] | None = None,
+) -> LatencyTable:
+    """Measure the latency table of ``model`` on ``input_shape`` ``(1, C, H, W)`` and write it to ``out`` (JSON,
+    after every layer signature; an existing compatible file is resumed).
+
+    ``overhead(table, space)`` measures the whole-model residual (the CLI passes
+    :func:`prunekit.cost.predict.measure_overhead`); without it the table has no overhead (then incomplete).
+
+    Raises:
+        PrunekitError: unknown runtime, invalid grid settings, or an existing ``out`` made for another model,
+            machine or settings.
+    """
+    from prunekit.cost.latency import channel_multiple
+
+    t_start = time.perf_counter()
+    if points < 2:
+        raise PrunekitError(f"points must be >= 2 (grid points per channel axis), got {points}")
+    unit = int(unit or (channel_multiple() if runtime in ("ort", "torch") else 1))
+    space = ChannelSpace.build(model, tuple(input_shape), quiet=True)
+    entries, layer_entry = plan_entries(
+        model, space, unit=unit, points=points, groups=groups, densities=densities
+    )
+    table = LatencyTable(
+        model=spec,
+        input_shape=list(space.input_shape),
+        machine=machine_signature(runtime, threads),
+        batches=[int(b) for b in batches],
+        unit=unit,
+        points=points,
+        groups=sorted({1, *map(int, groups)}),
+        densities=sorted({1.0, *map(float, densities)}, reverse=True),
+        entries=entries,
+        layer_entry=layer_entry,
+    )
+    table = _resume(Path(out), table)
+    todo = [e for e in table.entries.values() if not _measured(e, table.batches)]
+    n_points = sum(len(g.c_in) * len(g.c_out) for e in todo for g in e.grids.values()) * len(table.batches)
+    log.info(
+        "latency table: %d layer signatures (%d to measure, %d grid points)",
+        len(entries),
+        len(todo),
+        n_points,
+    )
+    bar = progress_bar(total=len(todo) * len(table.batches), desc="lut build", unit="layer")
+    try:
+        for e in todo:
+            measure_entry(e, table.batches, runtime, threads, rounds=rounds, tick=lambda: bar.update(1))
+            table.build_s += time.perf_counter() - t_start
+            t_start = time.perf_counter()
+            table.save(out)
+    finally:
+        bar.close()
+    if overhead is not None and table.overhead is None:
+        table.overhead = overhead(table, space)
+    table.build_s += time.perf_counter() - t_start
+    table.save(out)
+    return table
+
+
+def _measured(e: Entry, batches: Sequence[int]) -> bool:
+    return all(str(b) in g.ms for g in e.grids.values() for b in batches) and all(
+        str(b) in e.density_factor for b in batches
+    )
+
+
+def _resume(path: Path, fresh: LatencyTable) -> LatencyTable:
+    """``fresh`` with the measured entries of a compatible table at ``path`` (same model, machine, settings).
+
+    Raises:
+        PrunekitError: ``path`` holds a table for another model, machine or settings.
+    """
+    if not path.is_file():
+        return fresh
+    try:
+        old = LatencyTable.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValidationError):
+        raise PrunekitError(
+            f"{path} exists and is not a prunekit latency table; remove it or pick --out"
+        ) from None
+    same = ("model", "input_shape", "machine", "batches", "unit", "points", "groups", "densities")
+    diff = [k for k in same if getattr(old, k) != getattr(fresh, k)]
+    if diff or set(old.entries) != set(fresh.entries):
+        raise PrunekitError(
+            f"{path} holds a latency table with other {', '.join(diff) or 'layers'}; remove it or pick another --out"
+        )
+    log.info(
+        "resuming latency table %s (%d of %d signatures measured)",
+        path,
+        sum(_measured(e, old.batches) for e in old.entries.values()),
+        len(old.entries),
+    )
+    return old

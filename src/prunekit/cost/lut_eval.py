@@ -1,0 +1,154 @@
+"""How well a latency table predicts whole models (``prunekit lut eval``).
+
+Random plans of one model -- uniform width multipliers and random per-group widths, each rounded to the table's
+channel unit and unrounded, optionally with weight densities and group convs -- are measured end to end in ONNX
+Runtime (exported as on deployment, BatchNorm folded; timed in interleaved rounds) and compared with
+:meth:`~prunekit.cost.predict.LatencyModel.predict`. Reported: the median and 90th-percentile relative error
+``|predicted - measured| / measured``, the share of plans within +-10% (nn-Meter's yardstick, MobiSys'21), and the
+run-to-run noise of the measurement itself (the spread of each plan's per-round medians), so an error below the
+noise is read as such.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch.nn as nn
+
+from prunekit.cost.latency import interleaved_ort_latency
+from prunekit.cost.predict import LatencyModel
+from prunekit.progress import progress_bar
+from prunekit.space import (
+    ChannelSpace,
+    Plan,
+    add_weight_choices,
+    apply,
+    legal_width,
+    plan_from_widths,
+    uniform_widths,
+)
+
+
+@dataclass
+class EvalRow:
+    """One plan: predicted and measured ms, both also as a ratio to the unpruned model (measured in the same
+    interleaved rounds, so a shared machine's load drift cancels), and the measurement's noise (``(max - min) /
+    median`` of the per-round medians)."""
+
+    label: str
+    predicted_ms: float
+    measured_ms: float
+    predicted_ratio: float
+    measured_ratio: float
+    noise: float
+
+    @property
+    def error(self) -> float:
+        return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+    @property
+    def ratio_error(self) -> float:
+        return (self.predicted_ratio - self.measured_ratio) / self.measured_ratio
+
+
+@dataclass
+class EvalResult:
+    batch: int
+    rows: list[EvalRow] = field(default_factory=list)
+    full_ms: float | None = None
+
+    def summary(self) -> dict:
+        """Median / 90th-percentile absolute relative error, share within +-10%, of the ms and of the ratios to
+        the unpruned model; the median measurement noise."""
+        out: dict = {"batch": self.batch, "plans": len(self.rows)}
+        for name, errs in (
+            ("", [r.error for r in self.rows]),
+            ("ratio_", [r.ratio_error for r in self.rows]),
+        ):
+            err = np.abs(errs)
+            out[f"{name}median_abs_error"] = float(np.median(err)) if len(err) else None
+            out[f"{name}p90_abs_error"] = float(np.percentile(err, 90)) if len(err) else None
+            out[f"{name}within_10pct"] = float(np.mean(err <= 0.10)) if len(err) else None
+        out["median_noise"] = float(np.median([r.noise for r in self.rows])) if self.rows else None
+        return out
+
+    def to_dict(self) -> dict:
+        rows = [{**asdict(r), "error": r.error, "ratio_error": r.ratio_error} for r in self.rows]
+        return {**self.summary(), "full_ms": self.full_ms, "rows": rows}
+
+
+def random_plans(
+    space: ChannelSpace, unit: int, n: int, *, seed: int = 0, weights: bool = False
+) -> list[tuple[str, Plan]]:
+    """``n`` labelled plans: uniform multipliers and random per-group widths, rounded to ``unit`` and unrounded;
+    with ``weights``, every third plan also gets a density 0.5 and 2-group convs where legal."""
+    rng = np.random.default_rng(seed)
+    plans: list[tuple[str, Plan]] = []
+    for k in range(n):
+        rounded = k % 2 == 0
+        step = unit if rounded else 1
+        if k % 4 < 2:
+            mult = float(rng.uniform(0.25, 1.0))
+            widths = uniform_widths(space, mult, round_to=step, min_channels=1)
+            label = f"uniform x{mult:.2f}"
+        else:
+            widths = np.array(
+                [
+                    legal_width(g, float(rng.uniform(0.2, 1.0)) * g.channels, round_to=step)
+                    for g in space.groups
+                ]
+            )
+            label = "random widths"
+        plan = plan_from_widths(space, widths)
+        label += f", {'rounded to ' + str(unit) if rounded else 'unrounded'}"
+        if weights and k % 3 == 2:
+            plan, _ = add_weight_choices(plan, space, density=0.5, conv_groups=2, permute=False)
+            label += ", density 0.5 + 2 groups"
+        plans.append((label, plan))
+    return plans
+
+
+def evaluate(
+    model: nn.Module,
+    space: ChannelSpace,
+    lm: LatencyModel,
+    plans: list[tuple[str, Plan]],
+    *,
+    threads: int = 1,
+    rounds: int = 3,
+) -> EvalResult:
+    """Measure every plan (interleaved rounds, ONNX Runtime, ``lm``'s batch size) and compare with ``lm``."""
+    result = EvalResult(batch=lm.batch_size)
+    nets = [model] + [
+        apply(model, p, space) for _, p in plans
+    ]  # the unpruned model first: the ratios' reference
+    bar = progress_bar(total=1, desc="lut eval (ORT)", unit="run")
+    times = interleaved_ort_latency(
+        [(n, space.input_shape) for n in nets],
+        batch_sizes=(lm.batch_size,),
+        rounds=rounds,
+        threads=threads,
+        warmup=5,
+        repeats=20,
+        min_time_s=0.2,
+        max_time_s=1.5,
+    )
+    bar.update(1)
+    bar.close()
+    b = lm.batch_size
+    full_ms = float(statistics.median(times[0][b]))
+    full_pred = lm(space.channels)
+    for (label, plan), t in zip(plans, times[1:], strict=True):
+        ratios = [
+            x / f for x, f in zip(t[b], times[0][b], strict=True)
+        ]  # per round: paired with the full model
+        med = float(statistics.median(t[b]))
+        pred = lm.predict(plan)
+        noise = (max(t[b]) - min(t[b])) / med
+        result.rows.append(
+            EvalRow(label, pred, med, pred / full_pred, float(statistics.median(ratios)), noise)
+        )
+    result.full_ms = full_ms
+    return result

@@ -1,0 +1,268 @@
+"""Per-layer latency tables (issue #16): grid construction, interpolation, signature checks, resume, the CLI, and a
+latency budget predicted from a table through `prunekit run`. Timings are synthetic where the test is about the
+table's logic (so it cannot be flaky); one build times real one-layer ONNX models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from tests.nets import DepthwiseChain, ResidualProj
+
+from prunekit.cli import main
+from prunekit.cost import lut as lut_mod
+from prunekit.cost.lut import build_table, load_table, plan_entries
+from prunekit.cost.predict import LatencyModel, _Reader
+from prunekit.cost.runtimes import LayerConfig, runnable
+from prunekit.errors import PrunekitError
+from prunekit.models import create_model
+from prunekit.space import ChannelSpace, plan_from_widths, uniform_widths
+
+SHAPE = (1, 3, 16, 16)
+
+
+def fake_time(monkeypatch, calls: list | None = None):
+    """Replace timing by a deterministic cost: ms = 1e-6 * the layer's MACs, doubled when its input channels are not a
+    multiple of 8 (as ONNX Runtime's unblocked kernels are slower)."""
+
+    def fake_runnable(cfg: LayerConfig, batch, runtime, threads):
+        k = int(np.prod(cfg.kernel)) if cfg.kind != "linear" else 1
+        pos = int(np.prod(cfg.in_spatial)) if cfg.in_spatial else 1
+        ms = 1e-6 * batch * pos * k * cfg.c_in * cfg.c_out / cfg.groups * (2.0 if cfg.c_in % 8 else 1.0)
+        return lambda ms=ms: ms
+
+    def fake_interleaved(fns, runtime, **kw):
+        if calls is not None:
+            calls.append(len(fns))
+        return [fn() for fn in fns]
+
+    monkeypatch.setattr(lut_mod, "runnable", fake_runnable)
+    monkeypatch.setattr(lut_mod, "time_interleaved", fake_interleaved)
+
+
+def fake_overhead(table, space):
+    from prunekit.cost.lut import Overhead
+
+    return Overhead(
+        labels=["full"],
+        features=[[1.0, 0.0, 0.0]],
+        residual_ms={"1": [0.01]},
+        measured_ms={"1": [1.0]},
+        coef={"1": [0.01, 0.0, 0.0]},
+    )
+
+
+def test_grid_points_sit_on_channel_block_multiples():
+    model = ResidualProj().eval()
+    space = ChannelSpace.build(model, SHAPE, quiet=True)
+    entries, layer_entry = plan_entries(model, space, unit=8, points=4, groups=(1, 2, 4), densities=(0.5,))
+    assert set(layer_entry) == {n for n, s in space.layers.items() if s.kind in ("conv", "linear")}
+    stem = entries[layer_entry["stem"]]
+    assert stem.grids["1"].c_in == [3]  # the image: a fixed axis
+    assert all(c % 8 == 0 or c == stem.c_out_full for c in stem.grids["1"].c_out)
+    assert stem.grids["1"].c_out[-1] == stem.c_out_full and len(stem.grids["1"].c_out) <= 4
+    assert all(c % 8 for c in stem.grids["1u"].c_out)  # the unaligned grid sits between the multiples
+    b1 = entries[layer_entry["b1c1"]]
+    assert {"1", "1u", "2", "4"} <= set(b1.grids) and all(c % 4 == 0 for c in b1.grids["4"].c_in)
+    assert entries[layer_entry["b1c1"]] is entries[layer_entry["b1c2"]]  # same signature: measured once
+    fc = entries[layer_entry["fc"]]
+    assert fc.grids["1"].c_out == [fc.c_out_full]  # the logits are never pruned: fixed
+
+
+def test_interpolation_reproduces_the_measured_grid_points_exactly(monkeypatch, tmp_path):
+    fake_time(monkeypatch)
+    model = ResidualProj().eval()
+    table = build_table(model, SHAPE, tmp_path / "t.json", points=4, groups=(1, 2), overhead=fake_overhead)
+    for e in table.entries.values():
+        for grid in e.grids.values():
+            reader = _Reader(grid, "1", e.tied)
+            ci, co = np.meshgrid(grid.c_in, grid.c_out, indexing="ij")  # a depthwise conv has one c_in point
+            got = reader(ci.ravel().astype(float), co.ravel().astype(float))
+            np.testing.assert_array_equal(got, np.asarray(grid.ms["1"]).ravel())
+    space = ChannelSpace.build(model, SHAPE, quiet=True)
+    lm = LatencyModel(table, space)
+    full = sum(table.entries[table.layer_entry[n]].grids["1"].ms["1"][-1][-1] for n in table.layer_entry)
+    assert lm(space.channels) == pytest.approx(
+        full + 0.01, rel=1e-12
+    )  # full widths: every layer's last point
+
+
+def test_predictions_are_monotone_vectorised_and_use_the_unaligned_grid(monkeypatch, tmp_path):
+    fake_time(monkeypatch)
+    model = create_model("resnet20")
+    table = build_table(
+        model, (1, 3, 32, 32), tmp_path / "t.json", points=5, groups=(1,), overhead=fake_overhead
+    )
+    space = ChannelSpace.build(model, (1, 3, 32, 32), quiet=True)
+    lm = LatencyModel(table, space)
+    mults = np.linspace(0.25, 1.0, 7)
+    widths = np.stack([uniform_widths(space, m, round_to=8) for m in mults])
+    pred = lm.batch(widths)
+    assert (np.diff(pred) > 0).all()
+    assert pred == pytest.approx([lm(w) for w in widths], rel=1e-12)
+    aligned = uniform_widths(space, 0.5, round_to=8)
+    unaligned = aligned - 1  # one channel fewer everywhere: the fake runtime charges unaligned inputs extra
+    assert lm(unaligned) > lm(aligned)
+    plan = plan_from_widths(space, aligned)
+    assert lm.predict(plan) == pytest.approx(lm(aligned))
+
+
+def test_a_table_from_another_machine_is_refused(monkeypatch, tmp_path):
+    fake_time(monkeypatch)
+    path = tmp_path / "t.json"
+    build_table(DepthwiseChain().eval(), SHAPE, path, points=3, groups=(1,), overhead=fake_overhead)
+    assert load_table(path).complete
+    data = json.loads(path.read_text())
+    data["machine"]["cpu"] = "Some Other CPU"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PrunekitError, match="measured with cpu 'Some Other CPU'"):
+        load_table(path)
+    assert load_table(path, allow_mismatch=True).machine["cpu"] == "Some Other CPU"
+    with pytest.raises(PrunekitError, match="threads"):
+        load_table(path, threads=4, allow_mismatch=False)
+
+
+def test_an_interrupted_build_resumes_where_it_stopped(monkeypatch, tmp_path):
+    calls: list[int] = []
+    fake_time(monkeypatch, calls)
+    model = ResidualProj().eval()
+    path = tmp_path / "t.json"
+    real = lut_mod.measure_entry
+    done = []
+
+    def dying(e, *a, **kw):
+        if len(done) == 2:
+            raise KeyboardInterrupt  # the build is killed after two signatures
+        real(e, *a, **kw)
+        done.append(e)
+
+    monkeypatch.setattr(lut_mod, "measure_entry", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build_table(model, SHAPE, path, points=3, groups=(1,), overhead=fake_overhead)
+    partial = json.loads(path.read_text())
+    assert (
+        partial["overhead"] is None
+        and sum(bool(e["grids"]["1"]["ms"]) for e in partial["entries"].values()) == 2
+    )
+    with pytest.raises(PrunekitError, match="incomplete"):
+        load_table(path)
+    monkeypatch.setattr(lut_mod, "measure_entry", real)
+    calls.clear()
+    table = build_table(model, SHAPE, path, points=3, groups=(1,), overhead=fake_overhead)
+    assert len(calls) == len(table.entries) - 2  # only the signatures not measured before
+    assert table.complete
+    with pytest.raises(PrunekitError, match="other points"):
+        build_table(model, SHAPE, path, points=4, groups=(1,), overhead=fake_overhead)
+
+
+def test_one_layer_onnx_models_run_in_onnx_runtime():
+    for cfg in (
+        LayerConfig("conv", 8, 16, kernel=(3, 3), padding=(1, 1), in_spatial=(8, 8)),
+        LayerConfig("conv", 16, 16, groups=16, kernel=(3, 3), padding=(1, 1), in_spatial=(8, 8)),
+        LayerConfig("conv", 16, 16, groups=4, kernel=(1, 1), in_spatial=(8, 8), density=0.5),
+        LayerConfig("conv_transpose", 8, 4, kernel=(2, 2), stride=(2, 2), in_spatial=(4, 4)),
+        LayerConfig("linear", 32, 10, in_spatial=()),
+    ):
+        runnable(cfg, 2, "ort", 1)()  # builds the graph, creates the session, runs it
+
+
+def test_lut_build_and_eval_cli_on_a_small_net(tmp_path, capsys):
+    out = tmp_path / "dw.lut.json"
+    args = [
+        "lut",
+        "build",
+        "tests/nets.py:DepthwiseChain",
+        "--input-size",
+        "16",
+        "--points",
+        "2",
+        "--groups",
+        "1",
+    ]
+    assert main([*args, "--rounds", "1", "--densities", "1", "--out", str(out)]) == 0
+    table = load_table(out)
+    assert table.complete and (tmp_path / "dw.lut.md").is_file()
+    assert all(np.all(np.asarray(g.ms["1"]) > 0) for e in table.entries.values() for g in e.grids.values())
+    capsys.readouterr()
+    code = main(
+        [
+            "lut",
+            "eval",
+            "tests/nets.py:DepthwiseChain",
+            "--input-size",
+            "16",
+            "--lut",
+            str(out),
+            "--plans",
+            "2",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path / "eval.json"),
+        ]
+    )
+    assert code == 0
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert data["plans"] == 2 and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in data["rows"])
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["lut", "build", "resnet20", "--groups", "x", "--out", "o.json"],
+            "--groups must be comma-separated",
+        ),
+        (
+            ["lut", "build", "resnet20", "--densities", "0", "--out", "o.json"],
+            "--densities must lie in (0, 1]",
+        ),
+        (["lut", "build", "resnet20", "--runtime", "tpu", "--out", "o.json"], "unknown runtime 'tpu'"),
+        (["lut", "eval", "resnet20", "--lut", "missing.json"], "latency table not found: missing.json"),
+    ],
+)
+def test_lut_cli_errors_are_one_line(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
+    assert not (tmp_path / "o.json").exists()
+
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not FMNIST.is_file(), reason="apt-get install dataset-fashion-mnist")
+def test_latency_ratio_target_predicted_from_a_table_end_to_end(tmp_path, capsys, monkeypatch):
+    """`prunekit run` with target {latency_ratio, latency_lut}: uniform bisects on predicted latency; the report
+    shows asked, the prediction and the final measurement."""
+    monkeypatch.setenv("PRUNEKIT_NO_PROGRESS", "1")
+    spec = "resnet20:width_mult=0.5,in_chans=1"
+    lut = tmp_path / "r20.lut.json"
+    build = ["lut", "build", spec, "--input-size", "28", "--points", "3", "--groups", "1", "--densities", "1"]
+    assert main([*build, "--rounds", "1", "--out", str(lut)]) == 0
+    cfg = {
+        "model": "resnet20:width_mult=0.5",
+        "data": {"name": "fashion_mnist", "subset_train": 300, "subset_val": 100, "subset_test": 200},
+        "baseline": {"train": {"epochs": 1, "lr": 0.1}},
+        "target": {"latency_ratio": 0.6, "latency_lut": str(lut)},
+        "method": {"name": "uniform"},
+        "finetune": {"epochs": 1, "lr": 0.05},
+        "export": {"latency_batch": 4},
+    }
+    path = tmp_path / "lat.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    (row,) = [c for c in report["constraints"] if c["metric"] == "latency_ms"]
+    assert row["source"] == "measured" and row["predicted"] > 0 and row["achieved"] > 0
+    base_pred = LatencyModel(load_table(lut), ChannelSpace.build(create_model(spec), (1, 1, 28, 28))).__call__
+    assert row["predicted"] <= 0.6 * base_pred(
+        ChannelSpace.build(create_model(spec), (1, 1, 28, 28)).channels
+    ) * (1 + 1e-9)
+    assert report["pruned"]["macs"] < report["baseline"]["macs"]
+    assert "predicted" in (out / "report.md").read_text()
