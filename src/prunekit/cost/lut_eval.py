@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch.nn as nn
 
-from prunekit.cost.latency import interleaved_ort_latency
-from prunekit.cost.predict import LatencyModel
-from prunekit.progress import progress_bar
+from prunekit.cost.predict import LatencyModel, whole_model_rounds
 from prunekit.space import (
     ChannelSpace,
     Plan,
@@ -121,22 +119,8 @@ def evaluate(
 ) -> EvalResult:
     """Measure every plan (interleaved rounds, ONNX Runtime, ``lm``'s batch size) and compare with ``lm``."""
     result = EvalResult(batch=lm.batch_size)
-    nets = [model] + [
-        apply(model, p, space) for _, p in plans
-    ]  # the unpruned model first: the ratios' reference
-    bar = progress_bar(total=1, desc="lut eval (ORT)", unit="run")
-    times = interleaved_ort_latency(
-        [(n, space.input_shape) for n in nets],
-        batch_sizes=(lm.batch_size,),
-        rounds=rounds,
-        threads=threads,
-        warmup=5,
-        repeats=20,
-        min_time_s=0.2,
-        max_time_s=1.5,
-    )
-    bar.update(1)
-    bar.close()
+    nets = [model] + [apply(model, p, space) for _, p in plans]  # the unpruned model first: the reference
+    times = whole_model_rounds(nets, space.input_shape, (lm.batch_size,), threads=threads, rounds=rounds)
     b = lm.batch_size
     full_ms = float(statistics.median(times[0][b]))
     full_pred = lm(space.channels)

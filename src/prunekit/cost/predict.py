@@ -261,6 +261,30 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
     return measure
 
 
+def whole_model_rounds(
+    nets: Sequence[nn.Module],
+    input_shape: Sequence[int],
+    batches: Sequence[int],
+    *,
+    threads: int = 1,
+    rounds: int = 3,
+) -> list[dict[int, list[float]]]:
+    """ONNX Runtime ms of whole models (BN folded, as deployed), per net ``{batch: [ms of round 1, 2, ...]}``, the
+    nets timed in interleaved rounds (a table's overhead calibration and ``lut eval`` time models the same way)."""
+    from prunekit.cost.latency import interleaved_ort_latency
+
+    return interleaved_ort_latency(
+        [(n, input_shape) for n in nets],
+        batch_sizes=batches,
+        rounds=rounds,
+        threads=threads,
+        warmup=5,
+        repeats=20,
+        min_time_s=0.2,
+        max_time_s=1.5,
+    )
+
+
 def _whole_model_ms(
     nets: Sequence[nn.Module],
     input_shape: Sequence[int],
@@ -271,18 +295,7 @@ def _whole_model_ms(
 ) -> dict[int, list[float]]:
     """Median ms per batch size of each net, timed in interleaved rounds in ``runtime``."""
     if runtime == "ort":
-        from prunekit.cost.latency import interleaved_ort_latency
-
-        res = interleaved_ort_latency(
-            [(n, input_shape) for n in nets],
-            batch_sizes=batches,
-            rounds=rounds,
-            threads=threads,
-            warmup=5,
-            repeats=20,
-            min_time_s=0.2,
-            max_time_s=2.0,
-        )
+        res = whole_model_rounds(nets, input_shape, batches, threads=threads, rounds=rounds)
         return {b: [float(statistics.median(r[b])) for r in res] for b in batches}
     import torch
 
