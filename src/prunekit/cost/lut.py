@@ -8,14 +8,16 @@ module builds such a table for any model of a :class:`~prunekit.space.channels.C
   conv with a bias). Layers with the same signature (kind, kernel, stride, padding, dilation, input size, groups,
   full channels, which axes can shrink) are measured once.
 * **Grid**: along an axis that channel pruning can shrink, the points are multiples of the runtime's channel block
-  (``unit``: 16 on AVX-512, 8 on AVX2 for ONNX Runtime's NCHWc kernels; an 11-channel conv costs what a 16-channel
-  one does, so the points sit where the cost changes), ``points`` of them at most, always with the full width; an
-  axis fed by fixed channels (the image, a dropped group) has one point. Group counts ``groups`` (GConv) are
+  (``unit``: 16 on AVX-512, 8 on AVX2 for ONNX Runtime's NCHWc kernels, where the cost changes), ``points`` of them
+  at most, always with the full width, plus an unaligned grid between them (counts that are not multiples run
+  without the blocked kernels: a cost of their own); an axis fed by fixed channels (the image, a dropped group) has
+  one point. Group counts ``groups`` (GConv) are
   measured for dense convs on the points they divide; weight densities ``densities`` at full width, as a factor
   over the dense time (ONNX Runtime and torch do not skip zero weights: the factor is ~1, and the table shows it).
-* **Overhead**: what the layers do not cover (activations, pooling, adds, concatenations, layout reorders) is the
-  measured whole-model latency minus the sum of the layer predictions, at the full model and at a uniformly
-  half-width one; the predictor interpolates it linearly in the activation volume (``sum c_out * H * W``).
+* **Overhead**: what the layers do not cover (activations, pooling, adds, concatenations, layout reorders, the
+  per-call cost every layer paid alone) is the measured whole-model latency minus the sum of the layer
+  predictions, at eight calibration widths; :class:`Overhead` fits it linearly on the layers' aligned and
+  unaligned activation traffic.
 * **Signature**: runtime and version, threads, CPU model and ISA, batch sizes; :func:`load_table` refuses a table
   made for another runtime or machine unless told to.
 

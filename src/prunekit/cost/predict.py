@@ -26,7 +26,7 @@ from scipy.interpolate import RegularGridInterpolator
 from prunekit.cost.lut import Entry, Grid, LatencyTable, Overhead, load_table
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
-from prunekit.space import ChannelSpace, Plan, apply, plan_from_widths, uniform_widths
+from prunekit.space import ChannelSpace, Plan, apply, legal_width, plan_from_widths, uniform_widths
 
 
 class _Reader:
@@ -229,17 +229,23 @@ def _out_positions(space: ChannelSpace, name: str) -> float:
 
 # ---------------------------------------------------------------------------------------------- overhead
 def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, rounds: int = 3):
-    """A :func:`~prunekit.cost.lut.build_table` ``overhead`` callback: time the whole model at full and uniformly
-    half widths (rounded to the table's unit) in ``runtime`` and record the residual over the layer predictions."""
+    """A :func:`~prunekit.cost.lut.build_table` ``overhead`` callback: time the whole model at eight calibration
+    widths (full; uniform and random, aligned to the table's unit and not) in ``runtime`` and fit the residual over
+    the layer predictions (:class:`~prunekit.cost.lut.Overhead`)."""
 
     def measure(table: LatencyTable, space: ChannelSpace) -> Overhead:
-        calib = {
-            "full": space.channels,
-            "uniform x0.5, aligned": uniform_widths(space, 0.5, round_to=table.unit),
-            "uniform x0.75, aligned": uniform_widths(space, 0.75, round_to=table.unit),
-            "uniform x0.7, unaligned": uniform_widths(space, 0.7, round_to=1),
-            "uniform x0.4, unaligned": uniform_widths(space, 0.4, round_to=1),
-        }
+        rng = np.random.default_rng(0)
+        calib = {"full": space.channels}
+        for mult in (0.3, 0.5, 0.75):
+            calib[f"uniform x{mult}, aligned"] = uniform_widths(space, mult, round_to=table.unit)
+        for mult in (0.4, 0.7):
+            calib[f"uniform x{mult}, unaligned"] = uniform_widths(space, mult, round_to=1)
+        for k, step in enumerate((table.unit, 1)):
+            ws = [
+                legal_width(g, float(rng.uniform(0.25, 1.0)) * g.channels, round_to=step)
+                for g in space.groups
+            ]
+            calib[f"random widths {k + 1}, {'aligned' if step > 1 else 'unaligned'}"] = np.array(ws)
         widths = np.stack(list(calib.values()))
         nets = [apply(model, plan_from_widths(space, w), space) for w in widths]
         measured = _whole_model_ms(nets, space.input_shape, table.batches, runtime, threads, rounds)
