@@ -1,7 +1,7 @@
 """Layers that realised plans put into a model: :class:`GatherConv`, a conv with channel gathers around it.
 
-A group convolution made from a dense conv (GConv, Zhang et al., "Efficient and Accurate Group Convolution by
-Channel Permutation", 2019 [seed 003]; gumi) needs its input channels in a chosen order and emits its output
+A group convolution made from a dense conv (GConv: Zhao & Luk, "Efficient Structured Pruning and Architecture
+Searching for Group Convolution", ICCV 2019 workshops, arXiv 1811.09341 [seed 003]; gumi) needs its input channels in a chosen order and emits its output
 channels in another. Where that order cannot be folded into the neighbouring layers (see
 :mod:`prunekit.space.grouped`), the conv is wrapped with explicit gathers: ``y = conv(x[:, in_index])[:, out_index]``.
 This module sits at the bottom of the package (no prunekit imports), so the exporter can fold BatchNorm through it.

@@ -1,8 +1,8 @@
 """Group convolutions realised from a plan: block-diagonal masks (masked form) and real grouped convs (applied form).
 
-GConv (Zhang et al., "Efficient and Accurate Group Convolution by Channel Permutation", 2019 [seed 003], §3) turns a
-dense conv into a ``G``-group conv: after permuting its input channels by ``perm_in`` and its output channels by
-``perm_out`` (:class:`~prunekit.space.plan.LayerChoice`), group ``g`` connects the ``g``-th slice of each and every
+GConv (Zhao & Luk, "Efficient Structured Pruning and Architecture Searching for Group Convolution", ICCV 2019
+workshops (NEUARCH), arXiv 1811.09341 [seed 003], §3) turns a dense conv into a ``G``-group conv: after permuting its
+input channels by ``perm_in`` and its output channels by ``perm_out`` (:class:`~prunekit.space.plan.LayerChoice`), group ``g`` connects the ``g``-th slice of each and every
 weight outside the diagonal blocks is dropped.
 
 * Masked form (same shapes): the dense weight masked block-diagonally under the permutations (:func:`layer_maps`
