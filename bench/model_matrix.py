@@ -11,7 +11,11 @@ parsed JSON (groups, dropped groups by reason, channels pruned, MACs/params befo
 ok/detail) or the last stderr line, and rewrites the results JSON atomically after each model, so a killed run
 resumes where it stopped (models already in the file are skipped unless ``--force``). At the end it prints a
 markdown table (model | exit | groups (dropped) | channels pruned | MACs before -> after (ratio) | failed checks /
-error | wall) and writes it next to the JSON as ``<tag>.md``.
+error | wall) and writes it next to the JSON as ``<tag>.md``; with ``--density`` / ``--conv-groups`` in the extra
+flags the table also shows the sparse / grouped layers (and how many convs were not grouped) and the effective MACs
+(non-zero weights x output positions: a count, not a speed-up) from the JSON facts. ``--compare A.json B.json ...``
+prints one table over finished results files (a row per model; per file: outcome, MACs ratio, effective MACs ratio
+where it differs, grouped layers) and runs nothing.
 
 The script itself needs only the standard library; it runs whichever ``prunekit`` you give it. torchvision and
 timm import only with a torch build that matches them, and the project venv (.venv, CPU torch pinned by
@@ -33,6 +37,7 @@ How to run (from the repo root; ~15 min for the default matrix on 2 busy cores, 
     python bench/model_matrix.py --prunekit /work/tv-venv/bin/prunekit --tag baseline-ratio0.5 --git-rev HEAD
     python bench/model_matrix.py --prunekit /work/tv-venv/bin/prunekit --models torchvision:resnet18:num_classes=10
     python bench/model_matrix.py --prunekit /work/tv-venv/bin/prunekit --extra "--density 0.5" --tag density0.5
+    python bench/model_matrix.py --compare bench/results/model_matrix/{ratio0.5,ratio0.5-density0.5}.json
 
 ``--git-rev REV`` runs prunekit's ``src/`` as of that commit (``git archive`` into a temporary directory put first
 on PYTHONPATH, which shadows the editable install) instead of the working tree, so edits in progress cannot leak
@@ -304,20 +309,35 @@ def short_name(spec: str) -> str:
     return f"{prefix}{name}" + (f" ({','.join(keep)})" if keep else "")
 
 
-def table_row(rec: dict, size: int) -> str:
-    """One table line; the model's input size is shown when it is not ``size``."""
+WEIGHT_FLAGS = ("--density", "--conv-groups")  # weight-level plans: the table gains two columns
+
+
+def weight_level(extra: list[str]) -> bool:
+    """Whether the ``check`` flags ask for block sparsity or group convs."""
+    return any(e.partition("=")[0] in WEIGHT_FLAGS for e in extra)
+
+
+def table_row(rec: dict, size: int, weights: bool = False) -> str:
+    """One table line; the model's input size is shown when it is not ``size``; ``weights``: the sparse /
+    grouped layers (and layers not grouped) and the effective MACs (non-zero weights) from the JSON facts."""
     r = rec.get("result")
     name = short_name(rec["spec"]) + (f" @{rec['input_size']}" if rec["input_size"] != size else "")
     wall = f"{rec['wall_s']:.0f}"
     if r is None:
         why = f"{rec['outcome']}" + (f" ({rec['where']})" if rec.get("where") else "") + f": {rec['error']}"
-        return f"| {name} | {rec['exit']} | | | | {_cell(why)} | {wall} |"
+        return f"| {name} | {rec['exit']} | | | |{' | |' if weights else ''} {_cell(why)} | {wall} |"
     b, p = r["baseline"]["macs"], r["pruned"]["macs"]
     fails = [c for c in r["checks"] if not c["ok"]]
     why = "; ".join(f"{c['name']}: {c['detail']}" for c in fails) or "—"
     if rec["downloads"]:
         why += f"; DOWNLOADED: {', '.join(rec['downloads'])}"
     macs = f"{_si(b)} -> {_si(p)} ({p / b:.2f})" if b else "-"
+    if weights:
+        eff = r["pruned"].get("effective_macs", p)
+        not_grouped = len(r.get("not_grouped") or {})
+        layers = f"{len(r.get('sparse_layers', []))} / {len(r.get('grouped_layers', []))}"
+        macs += f" | {layers}{f' ({not_grouped} not)' if not_grouped else ''} | "
+        macs += f"{_si(eff)} ({eff / b:.2f})" if b else "-"
     return (
         f"| {name} | {rec['exit']} | {r['groups']} ({len(r['dropped_groups'])}) | "
         f"{r['channels_pruned']}/{r['channels']} | {macs} | {_cell(why)} | {wall} |"
@@ -327,6 +347,7 @@ def table_row(rec: dict, size: int) -> str:
 def markdown(data: dict, specs: list[str]) -> str:
     s, env = data["settings"], data["environment"]
     recs = [data["models"][sp] for sp in specs if sp in data["models"]]
+    weights = weight_level(s["extra"])
     passed = sum(1 for r in recs if r["exit"] == 0)
     versions = ", ".join(
         f"{k} {env.get(k)}" for k in ("torch", "torchvision", "timm", "onnxruntime") if env.get(k)
@@ -352,11 +373,48 @@ def markdown(data: dict, specs: list[str]) -> str:
         + (f"; {len(specs) - len(recs)} not run yet" if len(recs) < len(specs) else "")
         + ".",
         "",
-        "| model | exit | groups (dropped) | channels pruned | MACs before -> after (ratio) | failed checks / error | wall s |",
-        "|---|---:|---:|---:|---|---|---:|",
-        *(table_row(r, s["input_size"]) for r in recs),
+        "| model | exit | groups (dropped) | channels pruned | MACs before -> after (ratio) |"
+        + (" sparse / grouped layers | effective MACs (ratio) |" if weights else "")
+        + " failed checks / error | wall s |",
+        "|---|---:|---:|---:|---|" + ("---:|---|" if weights else "") + "---|---:|",
+        *(table_row(r, s["input_size"], weights) for r in recs),
     ]
     return "\n".join(lines) + "\n"
+
+
+def compare_cell(rec: dict | None) -> str:
+    """``pass 0.27`` (MACs ratio), ``+ eff 0.14`` (effective MACs ratio, when it differs) and ``, 20 grouped``;
+    else the outcome and the failed checks or the error's type."""
+    if rec is None:
+        return "not run"
+    r = rec.get("result")
+    if r is None:
+        return f"{rec['outcome']}: {_cell(rec['error'].partition(':')[0], 40)}"
+    b, p = r["baseline"]["macs"], r["pruned"]["macs"]
+    eff = r["pruned"].get("effective_macs", p)
+    text = rec["outcome"] + (f" {p / b:.2f}" if b else "")
+    text += f" + eff {eff / b:.2f}" if b and eff != p else ""
+    text += f", {len(r['grouped_layers'])} grouped" if r.get("grouped_layers") else ""
+    return text + (f" ({', '.join(rec['failed'])})" if rec.get("failed") else "")
+
+
+def compare(paths: list[Path]) -> str:
+    """One markdown table over several results files: a row per model, a column per file."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    sizes = [run["settings"]["input_size"] for run in runs]
+    keys = list(dict.fromkeys(k for run in runs for k in run["models"]))
+    lines = [
+        "| model | " + " | ".join(run["tag"] for run in runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    for key in keys:
+        recs = [run["models"].get(key) for run in runs]
+        rec = next(r for r in recs if r)
+        name = short_name(rec["spec"]) + (f" @{rec['input_size']}" if rec["input_size"] != sizes[0] else "")
+        lines.append(f"| {name} | " + " | ".join(compare_cell(r) for r in recs) + " |")
+    passed = [sum(r["outcome"] == "pass" for r in run["models"].values()) for run in runs]
+    totals = ", ".join(f"{run['tag']} {n}/{len(run['models'])}" for run, n in zip(runs, passed, strict=True))
+    return "\n".join([*lines, "", f"pass: {totals}"]) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -380,7 +438,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run prunekit's src/ as of this git revision (e.g. HEAD), not the working tree",
     )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="JSON",
+        help="print one table over these results files (a column each) and exit; runs nothing",
+    )
     args = p.parse_args(argv)
+    if args.compare:
+        print(compare([Path(f) for f in args.compare]), end="")
+        return 0
     if args.git_rev:  # a frozen copy first on PYTHONPATH shadows the editable install's working tree
         tmp = tempfile.mkdtemp(prefix="model_matrix_src_")
         try:

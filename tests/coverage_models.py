@@ -128,14 +128,14 @@ class ShuffleNetish(nn.Module):
     ShuffleNetV2.
     """
 
-    def __init__(self, num_classes: int = 5, in_chans: int = 3, c: int = 8):
+    def __init__(self, num_classes: int = 5, in_chans: int = 3, c: int = 8, units: int = 3):
         super().__init__()
         self.conv1 = nn.Sequential(
             nn.Conv2d(in_chans, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)
         )
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.stage2 = nn.Sequential(
-            *[ShuffleUnit(c if i == 0 else 2 * c, 2 * c, 2 if i == 0 else 1) for i in range(3)]
+            *[ShuffleUnit(c if i == 0 else 2 * c, 2 * c, 2 if i == 0 else 1) for i in range(units)]
         )
         self.conv5 = nn.Sequential(
             nn.Conv2d(2 * c, 4 * c, 1, bias=False), nn.BatchNorm2d(4 * c), nn.ReLU(inplace=True)

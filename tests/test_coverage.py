@@ -159,6 +159,17 @@ def test_channel_shuffle_traces_and_everything_else_is_pruned():
     assert pruned.stage2[1].branch2[3].groups == 4  # the branch's depthwise conv shrank with its group
 
 
+def test_a_group_torch_pruning_cannot_map_is_dropped_not_a_traceback():
+    """Four shuffle units in a stage (torchvision's ShuffleNetV2 has 4 / 8 / 4): torch-pruning's split index mapping
+    raises IndexError while grouping; those roots are left out with the reason and the rest is still pruned."""
+    model = randomize_norms(cm.ShuffleNetish(units=4))
+    space = ChannelSpace.build(model, SHAPE, quiet=True)
+    unmapped = [d for d in space.dropped if "torch-pruning cannot map its channels (IndexError" in d]
+    assert unmapped and len(space) >= 3
+    assert "conv1.0" in space.names() and "conv5.0" in space.names()
+    prune_and_verify(model, space)
+
+
 # ------------------------------------------------------------------------------------- 4. norms other than BN
 def test_groupnorm_keeps_whole_groups_instancenorm_per_channel_layernorm_left_out():
     model = randomize_norms(cm.NormZoo())

@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 
 TAGS = ("first", "last", "strided", "residual", "depthwise", "expansion", "grouped")
 OUTPUT_REASON = "channels reach the model output"
+_SPLIT_DEPTHWISE = (
+    "a depthwise op ties channels that a concatenation splits into several groups (e.g. a Ghost module's "
+    "cat([x1, cheap(x1)])): pruning them apart is not reliable"
+)
 _MIXING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
 _CONV = (nn.Conv1d, nn.Conv2d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d)
@@ -274,10 +278,16 @@ class ChannelSpace:
         seen: set[frozenset] = set()
         claimed: dict[tuple[str, str], set[int]] = defaultdict(set)
         kept: list[tuple[str, nn.Module, list[Member], int]] = []
-        for group in dg.get_all_groups(root_module_types=_WEIGHTED):
+        for group in self._groups_of(dg, name_of):
             root_mod = group[0].dep.target.module
             slots, hazards = _group_slots(group, dg, name_of)
-            for part in _split_parts(slots):
+            parts = _split_parts(slots)
+            split_depthwise = len(parts) > 1 and any(
+                self.layers.get(slot[0]) is not None and self.layers[slot[0]].depthwise
+                for part in parts
+                for slot in part.slots
+            )
+            for part in parts:
                 if part.key in seen:
                     continue  # the same coupling, found again from another root layer
                 seen.add(part.key)
@@ -288,7 +298,8 @@ class ChannelSpace:
                     self._drop(name, OUTPUT_REASON, warn=False)
                     continue
                 hazard = next((hazards[r] for r in sorted(part.roots) if r in hazards), None)
-                problem = hazard or self._validate(mlist, claimed, model)
+                problem = hazard or (_SPLIT_DEPTHWISE if split_depthwise else None)
+                problem = problem or self._validate(mlist, claimed, model)
                 blocks = 1
                 if not problem:
                     mlist, blocks, problem = _balance(mlist, model)
@@ -299,6 +310,7 @@ class ChannelSpace:
                     claimed[(m.module, m.dim)].update(m.positions)
                 kept.append((name, root_mod, mlist, blocks))
 
+        kept = self._consistent_norms(kept, dg, name_of)
         kept.sort(key=lambda t: order.get(t[0].split("@")[0], 1 << 30))
         for i, (name, root_mod, mlist, blocks) in enumerate(kept):
             g = ChannelGroup(
@@ -319,6 +331,85 @@ class ChannelSpace:
         self._by_name = {g.name: g for g in self.groups}
         for g in self.groups:
             g.tags = frozenset(self._tags(g, model))
+
+    def _groups_of(self, dg: _Graph, name_of: dict):
+        """torch-pruning's groups, one per root layer (its ``get_all_groups`` loop), with a root whose group
+        torch-pruning cannot map (it raises, e.g. IndexError in a split index mapping) dropped with the reason
+        instead of failing the whole build."""
+        visited: set[nn.Module] = set()
+        ignored = set(getattr(dg, "IGNORED_LAYERS_IN_TRACING", []))
+        for m in list(dg.module2node):
+            if not isinstance(m, _WEIGHTED) or m in visited or m in ignored:
+                continue
+            pruner = dg.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None:
+                continue
+            try:
+                group = dg.get_pruning_group(
+                    m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m)))
+                )
+            except Exception as exc:  # torch-pruning's index mappings fail on some split / reshape chains
+                visited.add(m)
+                reason = (
+                    f"torch-pruning cannot map its channels ({type(exc).__name__} in its dependency graph)"
+                )
+                self._drop(name_of.get(m, type(m).__name__), reason, warn=not self.quiet)
+                continue
+            outs = [dep.target.module for dep, _ in group if dg.is_out_channel_pruning_fn(dep.handler)]
+            visited.update(outs)
+            if not ignored.intersection(outs):
+                yield group
+
+    def _consistent_norms(self, kept: list, dg: _Graph, name_of: dict) -> list:
+        """Drop parts that split a layer from the norm right after it: a norm fed directly by one conv / linear
+        normalises exactly that layer's channels, so both must be in the same group at the same positions. torch-
+        pruning's index mapping can break that when a depthwise op and a concatenation meet (a Ghost module's cheap
+        operation added to a shortcut); pruning such parts independently would not equal masking them."""
+        where: dict[tuple[str, tuple[int, ...]], int] = {}
+        for k, (_, _, mlist, _) in enumerate(kept):
+            for m in mlist:
+                if m.dim == "out":
+                    where[(m.module, m.positions)] = k
+        bad: set[int] = set()
+        norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
+        for k, (_, _, mlist, _) in enumerate(kept):
+            for m in mlist:
+                mod = _module(dg, m.module, name_of)
+                if m.dim != "out" or not isinstance(mod, norm_types):
+                    continue
+                node = dg.module2node.get(mod)
+                ins = [n.module for n in node.inputs] if node is not None else []
+                if len(ins) != 1 or not isinstance(ins[0], _WEIGHTED) or ins[0] not in name_of:
+                    continue
+                home = where.get((name_of[ins[0]], m.positions))
+                if home != k:
+                    bad.update({k} | ({home} if home is not None else set()))
+        reason = (
+            "a layer and the norm after it fall into different groups (a depthwise op meets a concatenation, e.g. "
+            "a Ghost module's cheap operation added to a shortcut): they could not be pruned consistently"
+        )
+        for k in sorted(bad):
+            self._drop(kept[k][0], reason, warn=not self.quiet)
+        kept = [t for k, t in enumerate(kept) if k not in bad]
+        return self._unsplit_depthwise(kept, dg, name_of)
+
+    def _unsplit_depthwise(self, kept: list, dg: _Graph, name_of: dict) -> list:
+        """Drop the parts among which one depthwise conv's channels are split (a concatenation feeding it, or
+        feeding a residual add with it, as in a Ghost module's ``cat([x1, cheap(x1)])``): torch-pruning's split of
+        such groups is not reliable (timm's GhostNet pruned != masked), so they are left out with the reason."""
+        owners: dict[str, set[int]] = defaultdict(set)
+        for k, (_, _, mlist, _) in enumerate(kept):
+            for m in mlist:
+                if (
+                    m.dim == "out"
+                    and self.layers.get(m.module) is not None
+                    and self.layers[m.module].depthwise
+                ):
+                    owners[m.module].add(k)
+        bad = {k for ks in owners.values() if len(ks) > 1 for k in ks}
+        for k in sorted(bad):
+            self._drop(kept[k][0], _SPLIT_DEPTHWISE, warn=not self.quiet)
+        return [t for k, t in enumerate(kept) if k not in bad]
 
     def _drop(self, name: str, reason: str, *, warn: bool) -> None:
         """Record group ``name`` as left out for ``reason`` (once: parts of one coupling may share both)."""
@@ -528,6 +619,14 @@ def _layer_table(model: nn.Module, records: dict[str, dict]) -> dict[str, LayerS
         elif own:
             table[name] = LayerShape(name, "other", 0, 0, params=own)
     return table
+
+
+def _module(dg: _Graph, name: str, name_of: dict) -> nn.Module | None:
+    """The module called ``name`` (reverse of ``name_of``)."""
+    for mod, n in name_of.items():
+        if n == name:
+            return mod
+    return None
 
 
 def _conv_shape(name: str, mod: nn.Module, rec: dict, params: int) -> LayerShape:
