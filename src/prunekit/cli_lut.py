@@ -96,7 +96,7 @@ def build(
         groups=_ints(groups, "--groups"),
         densities=_floats(densities, "--densities"),
         rounds=rounds,
-        overhead=measure_overhead(net.eval(), runtime, threads, rounds),
+        overhead=measure_overhead(net.eval(), runtime, threads, max(rounds, 5)),
     )
     n_points = sum(len(g.c_in) * len(g.c_out) for e in table.entries.values() for g in e.grids.values())
     Path(out).with_suffix(".md").write_text(_table_markdown(table, out), encoding="utf-8")

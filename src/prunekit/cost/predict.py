@@ -248,7 +248,7 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
             calib[f"random widths {k + 1}, {'aligned' if step > 1 else 'unaligned'}"] = np.array(ws)
         widths = np.stack(list(calib.values()))
         nets = [apply(model, plan_from_widths(space, w), space) for w in widths]
-        measured = _whole_model_ms(nets, space.input_shape, table.batches, runtime, threads, rounds)
+        measured = _paired_ms(nets, space.input_shape, table.batches, runtime, threads, rounds)
         residual, coef, feats = {}, {}, None
         for b in table.batches:
             lm = LatencyModel(table, space, batch=b)  # no overhead yet: the sum of the layers
@@ -289,6 +289,29 @@ def whole_model_rounds(
         min_time_s=0.2,
         max_time_s=1.5,
     )
+
+
+def _paired_ms(
+    nets: Sequence[nn.Module],
+    input_shape: Sequence[int],
+    batches: Sequence[int],
+    runtime: str,
+    threads: int,
+    rounds: int,
+) -> dict[int, list[float]]:
+    """ms of each net as (median over rounds of its ratio to ``nets[0]`` in the same round) x ``nets[0]``'s median:
+    a shared machine's load drift between rounds cancels in the ratios (ONNX Runtime; other runtimes: medians)."""
+    if runtime != "ort":
+        return _whole_model_ms(nets, input_shape, batches, runtime, threads, rounds)
+    res = whole_model_rounds(nets, input_shape, batches, threads=threads, rounds=rounds)
+    out: dict[int, list[float]] = {}
+    for b in batches:
+        ref = res[0][b]
+        ref_ms = float(statistics.median(ref))
+        out[b] = [
+            ref_ms * float(statistics.median([x / r for x, r in zip(t[b], ref, strict=True)])) for t in res
+        ]
+    return out
 
 
 def _whole_model_ms(

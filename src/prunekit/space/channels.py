@@ -374,7 +374,7 @@ class ChannelSpace:
         norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
         for k, (_, _, mlist, _) in enumerate(kept):
             for m in mlist:
-                mod = _module(dg, m.module, name_of)
+                mod = _module(m.module, name_of)
                 if m.dim != "out" or not isinstance(mod, norm_types):
                     continue
                 node = dg.module2node.get(mod)
@@ -621,7 +621,7 @@ def _layer_table(model: nn.Module, records: dict[str, dict]) -> dict[str, LayerS
     return table
 
 
-def _module(dg: _Graph, name: str, name_of: dict) -> nn.Module | None:
+def _module(name: str, name_of: dict) -> nn.Module | None:
     """The module called ``name`` (reverse of ``name_of``)."""
     for mod, n in name_of.items():
         if n == name:
