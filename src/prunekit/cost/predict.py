@@ -302,7 +302,7 @@ def _paired_ms(
     """ms of each net as (median over rounds of its ratio to ``nets[0]`` in the same round) x ``nets[0]``'s median:
     a shared machine's load drift between rounds cancels in the ratios (ONNX Runtime; other runtimes: medians)."""
     if runtime != "ort":
-        return _whole_model_ms(nets, input_shape, batches, runtime, threads, rounds)
+        return _torch_whole_model_ms(nets, input_shape, batches, runtime, rounds)
     res = whole_model_rounds(nets, input_shape, batches, threads=threads, rounds=rounds)
     out: dict[int, list[float]] = {}
     for b in batches:
@@ -314,18 +314,10 @@ def _paired_ms(
     return out
 
 
-def _whole_model_ms(
-    nets: Sequence[nn.Module],
-    input_shape: Sequence[int],
-    batches: Sequence[int],
-    runtime: str,
-    threads: int,
-    rounds: int,
+def _torch_whole_model_ms(
+    nets: Sequence[nn.Module], input_shape: Sequence[int], batches: Sequence[int], runtime: str, rounds: int
 ) -> dict[int, list[float]]:
-    """Median ms per batch size of each net, timed in interleaved rounds in ``runtime``."""
-    if runtime == "ort":
-        res = whole_model_rounds(nets, input_shape, batches, threads=threads, rounds=rounds)
-        return {b: [float(statistics.median(r[b])) for r in res] for b in batches}
+    """Median ms per batch size of each net in torch eager (``torch``) or on a GPU (``cuda``), interleaved rounds."""
     import torch
 
     from prunekit.cost.runtimes import time_interleaved
