@@ -304,22 +304,23 @@ def plan_entries(
 
 
 def _cfg(e: Entry, c_in: int, c_out: int, g: int, density: float = 1.0) -> LayerConfig:
+    """The layer of entry ``e`` at ``c_in`` x ``c_out`` kept channels: ``g > 1`` regrouped (GConv), else its own
+    groups (a depthwise conv: ``c_in = groups = c_out``)."""
     c = e.config
     if e.tied:
         c_in, groups = c_out, c_out
     else:
         groups = g if g > 1 else int(c.get("groups", 1))
-    two = lambda k, d: tuple(c.get(k, d))  # noqa: E731
     return LayerConfig(
         kind=c["kind"],
         c_in=c_in,
         c_out=c_out,
         groups=groups if c["kind"] != "linear" else 1,
-        kernel=two("kernel", (1, 1)),
-        stride=two("stride", (1, 1)),
-        padding=two("padding", (0, 0)),
-        dilation=two("dilation", (1, 1)),
-        output_padding=two("output_padding", (0, 0)),
+        kernel=tuple(c.get("kernel", (1, 1))),
+        stride=tuple(c.get("stride", (1, 1))),
+        padding=tuple(c.get("padding", (0, 0))),
+        dilation=tuple(c.get("dilation", (1, 1))),
+        output_padding=tuple(c.get("output_padding", (0, 0))),
         in_spatial=tuple(c.get("in_spatial", ())),
         density=density,
         bias=bool(c.get("bias", True)),
