@@ -17,13 +17,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch.nn as nn
 
-from prunekit.cost.predict import LatencyModel, whole_model_rounds
+from prunekit.cost.predict import LatencyModel, random_widths, whole_model_rounds
 from prunekit.space import (
     ChannelSpace,
     Plan,
     add_weight_choices,
     apply,
-    legal_width,
     plan_from_widths,
     uniform_widths,
 )
@@ -92,12 +91,7 @@ def random_plans(
             widths = uniform_widths(space, mult, round_to=step, min_channels=1)
             label = f"uniform x{mult:.2f}"
         else:
-            widths = np.array(
-                [
-                    legal_width(g, float(rng.uniform(0.2, 1.0)) * g.channels, round_to=step)
-                    for g in space.groups
-                ]
-            )
+            widths = random_widths(space, rng, low=0.2, round_to=step)
             label = "random widths"
         plan = plan_from_widths(space, widths)
         label += f", {'rounded to ' + str(unit) if rounded else 'unrounded'}"

@@ -227,6 +227,14 @@ def _out_positions(space: ChannelSpace, name: str) -> float:
     return float(np.prod(s.out_spatial)) if s.kind == "conv" and s.out_spatial else float(s.positions)
 
 
+def random_widths(space: ChannelSpace, rng: np.random.Generator, *, low: float, round_to: int) -> np.ndarray:
+    """Kept channels per group ``[G]``: each group at an independent uniform fraction in ``[low, 1)`` of its
+    channels, as a plan realises it (:func:`~prunekit.space.legal_width`, rounded to ``round_to``)."""
+    return np.array(
+        [legal_width(g, float(rng.uniform(low, 1.0)) * g.channels, round_to=round_to) for g in space.groups]
+    )
+
+
 # ---------------------------------------------------------------------------------------------- overhead
 def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, rounds: int = 3):
     """A :func:`~prunekit.cost.lut.build_table` ``overhead`` callback: time the whole model at eight calibration
@@ -241,11 +249,8 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
         for mult in (0.4, 0.7):
             calib[f"uniform x{mult}, unaligned"] = uniform_widths(space, mult, round_to=1)
         for k, step in enumerate((table.unit, 1)):
-            ws = [
-                legal_width(g, float(rng.uniform(0.25, 1.0)) * g.channels, round_to=step)
-                for g in space.groups
-            ]
-            calib[f"random widths {k + 1}, {'aligned' if step > 1 else 'unaligned'}"] = np.array(ws)
+            label = f"random widths {k + 1}, {'aligned' if step > 1 else 'unaligned'}"
+            calib[label] = random_widths(space, rng, low=0.25, round_to=step)
         widths = np.stack(list(calib.values()))
         nets = [apply(model, plan_from_widths(space, w), space) for w in widths]
         measured = _paired_ms(nets, space.input_shape, table.batches, runtime, threads, rounds)

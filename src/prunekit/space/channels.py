@@ -372,9 +372,10 @@ class ChannelSpace:
                     where[(m.module, m.positions)] = k
         bad: set[int] = set()
         norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
+        module_of = {n: mod for mod, n in name_of.items()}
         for k, (_, _, mlist, _) in enumerate(kept):
             for m in mlist:
-                mod = _module(m.module, name_of)
+                mod = module_of.get(m.module)
                 if m.dim != "out" or not isinstance(mod, norm_types):
                     continue
                 node = dg.module2node.get(mod)
@@ -619,14 +620,6 @@ def _layer_table(model: nn.Module, records: dict[str, dict]) -> dict[str, LayerS
         elif own:
             table[name] = LayerShape(name, "other", 0, 0, params=own)
     return table
-
-
-def _module(name: str, name_of: dict) -> nn.Module | None:
-    """The module called ``name`` (reverse of ``name_of``)."""
-    for mod, n in name_of.items():
-        if n == name:
-            return mod
-    return None
 
 
 def _conv_shape(name: str, mod: nn.Module, rec: dict, params: int) -> LayerShape:
