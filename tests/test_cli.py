@@ -67,8 +67,13 @@ def test_user_errors_exit_2_with_one_line(args, capsys):
 
 @pytest.mark.parametrize("name", sorted(list_models()))
 def test_check_passes_on_every_reference_model(name, capsys):
-    size = "32" if name.startswith(("resnet2", "resnet3", "resnet4", "resnet5", "resnet11", "vgg")) else "64"
-    code, out, _ = run(["check", name, "--input-size", size, "--json", "--num-classes", "10"], capsys)
+    size = (
+        "32"
+        if name.startswith(("resnet2", "resnet3", "resnet4", "resnet5", "resnet11", "vgg", "pre"))
+        else "64"
+    )
+    spec = "preresnet:depth=29" if name == "preresnet" else name  # preresnet164 covers the default depth
+    code, out, _ = run(["check", spec, "--input-size", size, "--json", "--num-classes", "10"], capsys)
     data = json.loads(out)
     assert code == 0, data["checks"]
     assert data["ok"] and len(data["checks"]) == 6

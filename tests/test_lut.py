@@ -46,12 +46,15 @@ def fake_time(monkeypatch, calls: list | None = None):
 def fake_overhead(table, space):
     from prunekit.cost.lut import Overhead
 
+    names = LatencyModel(table, space).feature_names()
+    rest = [0.0] * (len(names) - 1)
     return Overhead(
         labels=["full"],
-        features=[[1.0, 0.0, 0.0]],
-        residual_ms={"1": [0.01]},
-        measured_ms={"1": [1.0]},
-        coef={"1": [0.01, 0.0, 0.0]},
+        names=names,
+        features=[[1.0, *rest]],
+        residual_ms={b: [0.01] for b in map(str, table.batches)},
+        measured_ms={b: [1.0] for b in map(str, table.batches)},
+        coef={b: [0.01, *rest] for b in map(str, table.batches)},
     )
 
 

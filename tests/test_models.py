@@ -23,6 +23,8 @@ from prunekit.models.mobilenet import make_divisible
 BUILTINS = [
     "mobilenet_v1",
     "mobilenet_v2",
+    "preresnet",
+    "preresnet164",
     "resnet18",
     "resnet20",
     "resnet32",
@@ -30,6 +32,7 @@ BUILTINS = [
     "resnet44",
     "resnet50",
     "resnet56",
+    "resnet101",
     "resnet110",
     "vgg16_bn",
     "vgg19_bn",
@@ -351,7 +354,7 @@ def test_model_options() -> None:
     ("spec", "expected"),
     [
         ("resnet21", "unknown model 'resnet21'"),
-        ("RESNET20", "choose one of mobilenet_v1, mobilenet_v2, resnet110"),
+        ("RESNET20", "choose one of mobilenet_v1, mobilenet_v2, preresnet"),
         ("", "empty model spec"),
         ("resnet20:num_classes", "write options as key=value"),
         ("resnet20:num_classes=10;in_chans=1", "has the wrong type"),

@@ -40,11 +40,14 @@ from prunekit.space.sparsity import DEFAULT_BLOCK, block_mask
 
 
 def _size(name: str) -> int:
-    return 32 if name.startswith(("resnet2", "resnet3", "resnet4", "resnet5", "resnet11", "vgg")) else 64
+    return (
+        32 if name.startswith(("resnet2", "resnet3", "resnet4", "resnet5", "resnet11", "vgg", "pre")) else 64
+    )
 
 
 MODELS = {
     **{name: (f"{name}:num_classes=10", (1, 3, _size(name), _size(name))) for name in list_models()},
+    "preresnet": ("preresnet:depth=29,num_classes=10", (1, 3, 32, 32)),  # preresnet164 covers the default
     "mobilenet_v2_x0.5": ("mobilenet_v2:width_mult=0.5,num_classes=10", (1, 3, 32, 32)),
     "residual_proj": (ResidualProj, (1, 3, 16, 16)),
     "depthwise_chain": (DepthwiseChain, (1, 3, 16, 16)),

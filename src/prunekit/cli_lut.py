@@ -20,9 +20,28 @@ lut_app = typer.Typer(
 )
 
 RuntimeOpt = Annotated[
-    str, typer.Option("--runtime", help="ort (ONNX Runtime CPU), torch (eager CPU) or cuda.")
+    str,
+    typer.Option(
+        "--runtime",
+        help="ort (ONNX Runtime CPU), torch (eager CPU), cuda, or deepsparse (optional, its own environment).",
+    ),
 ]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads of the runtime.")]
+DeepSparseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--deepsparse-python",
+        help="Interpreter of a DeepSparse 1.8 environment (else $PRUNEKIT_DEEPSPARSE_PYTHON); --runtime deepsparse.",
+    ),
+]
+
+
+def _use_deepsparse(python: str | None) -> None:
+    """Point the DeepSparse backend at ``python`` (checked: one clear line if it has no DeepSparse)."""
+    from prunekit.cost.deepsparse import ENV_VAR, find_python, probe
+
+    os.environ[ENV_VAR] = find_python(python)
+    probe()
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -74,6 +93,7 @@ def build(
     groups: Annotated[str, typer.Option("--groups", help="Conv group counts to measure (GConv).")] = "1,2,4",
     densities: Annotated[str, typer.Option("--densities", help="Weight densities to measure.")] = "1,0.5,0.2",
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved timing rounds.")] = 3,
+    deepsparse_python: DeepSparseOpt = None,
 ) -> None:
     """Measure a per-layer latency table of MODEL in RUNTIME on this machine (resumable)."""
     import time
@@ -82,6 +102,8 @@ def build(
     from prunekit.cost.predict import measure_overhead
 
     _reexec_with_malloc_tunables(runtime)
+    if runtime == "deepsparse":
+        _use_deepsparse(deepsparse_python)
     net, shape = _build(model, input_size, in_chans, num_classes)
     t0 = time.perf_counter()
     table = build_table(
@@ -155,15 +177,21 @@ def eval_(
     allow_mismatch: Annotated[
         bool, typer.Option("--allow-mismatch", help="Use a table measured on another machine / runtime.")
     ] = False,
+    deepsparse_python: DeepSparseOpt = None,
 ) -> None:
-    """Measure random plans of MODEL end to end (ONNX Runtime) and compare with the table's predictions."""
+    """Measure random plans of MODEL end to end in the table's runtime and compare with its predictions."""
     from prunekit.cost.lut import load_table
     from prunekit.cost.lut_eval import evaluate, random_plans
     from prunekit.cost.predict import LatencyModel
     from prunekit.io import write_json
     from prunekit.space import ChannelSpace
 
-    table = load_table(lut, runtime="ort", threads=threads, allow_mismatch=allow_mismatch)
+    peek = load_table(lut, allow_mismatch=True)
+    runtime = str(peek.machine.get("runtime", "ort"))
+    _reexec_with_malloc_tunables(runtime)
+    if runtime == "deepsparse":
+        _use_deepsparse(deepsparse_python)
+    table = load_table(lut, runtime=runtime, threads=threads, allow_mismatch=allow_mismatch)
     net, shape = _build(model, input_size, in_chans, num_classes)
     space = ChannelSpace.build(net.eval(), shape, quiet=True)
     lm = LatencyModel(table, space, batch=batch)

@@ -324,7 +324,17 @@ class Budget:
         return np.asarray(plan_or_widths, dtype=np.int64)
 
     def value(self, metric: Metric, plan_or_widths: Plan | np.ndarray) -> float:
-        """``metric`` of one plan or width vector ``[G]`` (MACs / params rounded to integers, latency in ms)."""
+        """``metric`` of one plan or width vector ``[G]`` (MACs / params rounded to integers, latency in ms).
+
+        A plan with weight-level choices counts them: dense MACs / params of its group convs
+        (:meth:`~prunekit.cost.macs.CostModel.cost`), and a predicted latency with its densities and groups
+        (:meth:`~prunekit.cost.predict.LatencyModel.predict`; a measured latency function times the widths)."""
+        if isinstance(plan_or_widths, Plan) and plan_or_widths.layers:
+            if metric in ("macs", "params"):
+                c = self.cost.cost(plan_or_widths)
+                return float(c.macs if metric == "macs" else c.params)
+            if hasattr(self.latency, "predict"):
+                return float(self.latency.predict(plan_or_widths))  # type: ignore[union-attr]
         w = self._widths(plan_or_widths)
         if metric == "macs":
             return float(np.rint(self.cost.macs(w)))

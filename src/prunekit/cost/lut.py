@@ -9,15 +9,18 @@ module builds such a table for any model of a :class:`~prunekit.space.channels.C
   full channels, which axes can shrink) are measured once.
 * **Grid**: along an axis that channel pruning can shrink, the points are multiples of the runtime's channel block
   (``unit``: 16 on AVX-512, 8 on AVX2 for ONNX Runtime's NCHWc kernels, where the cost changes), ``points`` of them
-  at most, always with the full width, plus an unaligned grid between them (counts that are not multiples run
-  without the blocked kernels: a cost of their own); an axis fed by fixed channels (the image, a dropped group) has
-  one point. Group counts ``groups`` (GConv) are
+  at most, always with the full width, plus two unaligned grids between them (ONNX Runtime runs a conv whose
+  input channels are not multiples without the blocked kernels, :mod:`~prunekit.cost.ort_layout`: a cost of its
+  own, which on this project's AVX2 machine is lower again for input counts that are multiples of half the block
+  -- ``grids["1u"]`` samples those, ``grids["1o"]`` the others); an axis fed by fixed channels (the image, a
+  dropped group) has one point. Group counts ``groups`` (GConv) are
   measured for dense convs on the points they divide; weight densities ``densities`` at full width, as a factor
   over the dense time (ONNX Runtime and torch do not skip zero weights: the factor is ~1, and the table shows it).
 * **Overhead**: what the layers do not cover (activations, pooling, adds, concatenations, layout reorders, the
   per-call cost every layer paid alone) is the measured whole-model latency minus the sum of the layer
-  predictions, at eight calibration widths; :class:`Overhead` fits it linearly on the layers' aligned and
-  unaligned activation traffic.
+  predictions, at twelve calibration widths; :class:`Overhead` fits it linearly on per-plan features (ONNX
+  Runtime: the reorders the layers paid alone, the reorders and unfused adds of the model's layout,
+  :class:`~prunekit.cost.ort_layout.OrtLayout`; other runtimes: the layers' aligned and unaligned traffic).
 * **Signature**: runtime and version, threads, CPU model and ISA, batch sizes; :func:`load_table` refuses a table
   made for another runtime or machine unless told to.
 
@@ -41,7 +44,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prunekit.cost.macs import CostModel
-from prunekit.cost.runtimes import LayerConfig, machine_signature, runnable, time_interleaved
+from prunekit.cost.runtimes import LayerConfig, machine_signature, onnx_model, runnable, time_interleaved
 from prunekit.errors import PrunekitError, validation_message
 from prunekit.io import write_text
 from prunekit.progress import progress_bar
@@ -50,7 +53,8 @@ from prunekit.space.plan import can_regroup
 
 log = logging.getLogger(__name__)
 
-LUT_VERSION = 1
+LUT_VERSION = 2
+"""2: the ``1o`` grid and named overhead features (version-1 tables must be rebuilt)."""
 
 
 class Grid(BaseModel):
@@ -65,9 +69,10 @@ class Grid(BaseModel):
 class Entry(BaseModel):
     """One layer signature: its shape facts, the layers that share it, its grids per group count and its density
     factors. ``grids["1"]`` is the layer as it is (dense, depthwise or its own grouping) at channel counts that are
-    multiples of the unit; ``grids["1u"]`` the same layer at counts that are not (ONNX Runtime runs those without
-    its blocked kernels: a different, slower cost, not the next multiple's); ``grids["G"]`` (G > 1) the dense conv
-    turned into a G-group conv. ``tied``: a depthwise conv (``c_in == c_out``, one axis)."""
+    multiples of the unit; ``grids["1u"]`` the same layer at counts between them that are multiples of half the
+    unit and ``grids["1o"]`` at input counts that are not (ONNX Runtime runs those without its blocked kernels: a
+    different, slower cost, not the next multiple's; see :mod:`~prunekit.cost.ort_layout`); ``grids["G"]``
+    (G > 1) the dense conv turned into a G-group conv. ``tied``: a depthwise conv (``c_in == c_out``, one axis)."""
 
     model_config = ConfigDict(extra="forbid")
     kind: str
@@ -86,16 +91,18 @@ class Entry(BaseModel):
 class Overhead(BaseModel):
     """What the layers measured alone do not cover, fitted on whole-model measurements (per batch size).
 
-    ``features[k]`` of calibration model ``k``: ``[1, aligned traffic, unaligned traffic]``, the traffic of a layer
-    being its input plus output activations (``c_in*H_in*W_in + c_out*H*W``), split by whether its channel counts
-    are multiples of the unit. ``residual_ms[batch][k]``: measured minus the sum of the layer predictions;
-    ``coef[batch]``: least-squares fit of the residual on the features. It absorbs ONNX Runtime's layout reorders
-    (a layer timed alone pays NCHW -> NCHWc and back; inside the model only unaligned layers do), activations,
-    pooling and adds.
+    ``features[k]`` of calibration model ``k``, named by ``names`` (elements per sample; see
+    :meth:`prunekit.cost.predict.LatencyModel.features`): for ONNX Runtime ``1``, the reorders the blocked layers
+    paid when timed alone, the reorders at the model's layout transitions and the outputs of NCHW convs whose add
+    runs unfused (:class:`~prunekit.cost.ort_layout.OrtLayout`); for other runtimes ``1`` and the activation
+    traffic (input + output elements) of aligned and unaligned layers. ``residual_ms[batch][k]``: measured minus
+    the sum of the layer predictions; ``coef[batch]``: least-squares fit of the residual on the features. It
+    absorbs layout reorders, activations, pooling and adds.
     """
 
     model_config = ConfigDict(extra="forbid")
     labels: list[str]
+    names: list[str]
     features: list[list[float]]
     residual_ms: dict[str, list[float]]
     measured_ms: dict[str, list[float]]
@@ -141,7 +148,13 @@ def load_table(
     if not path.is_file():
         raise PrunekitError(f"latency table not found: {path} (build one with `prunekit lut build`)")
     try:
-        table = LatencyTable.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and data.get("version") != LUT_VERSION:
+            raise PrunekitError(
+                f"latency table {path} has format version {data.get('version')!r}, this prunekit reads "
+                f"{LUT_VERSION}; rebuild it with `prunekit lut build`"
+            )
+        table = LatencyTable.model_validate(data)
     except json.JSONDecodeError as exc:
         raise PrunekitError(f"latency table {path} is not valid JSON: {exc}") from None
     except ValidationError as exc:
@@ -202,13 +215,15 @@ def _axis(full: int, unit: int, k: int, fixed: bool, multiple: int = 1) -> list[
     return cands
 
 
-def _unaligned(points: list[int], unit: int, multiple: int, fixed: bool) -> list[int]:
-    """Grid points between the aligned ones (``p - unit / 2``, kept a multiple of ``multiple``); the points
-    themselves for a fixed axis or a unit of 1."""
+def _unaligned(points: list[int], unit: int, multiple: int, fixed: bool, offset: int = 0) -> list[int]:
+    """Grid points between the aligned ones (``p - unit / 2 - offset``, kept a multiple of ``multiple``); the
+    points themselves for a fixed axis or a unit of 1."""
     if fixed or unit <= 1:
         return points
     half = max(1, unit // 2)
-    out = sorted({max(multiple, (p - half) // multiple * multiple) for p in points if p > half})
+    out = sorted(
+        {max(multiple, (p - half - offset) // multiple * multiple) for p in points if p > half + offset}
+    )
     return out or points
 
 
@@ -290,6 +305,9 @@ def plan_entries(
                 c_in=_unaligned(e.grids["1"].c_in, u_in, base_groups, s.depthwise or in_fixed),
                 c_out=_unaligned(e.grids["1"].c_out, u_out, base_groups, out_fixed),
             )
+            odd = _unaligned(e.grids["1"].c_in, u_in, base_groups, s.depthwise or in_fixed, offset=1)
+            if u_in > 2 and odd != e.grids["1u"].c_in and all(c % (u_in // 2) for c in odd):
+                e.grids["1o"] = Grid(c_in=odd, c_out=e.grids["1u"].c_out)
         if can_regroup(s):
             for g in (int(g) for g in groups if int(g) > 1):
                 if g not in legal_conv_groups(s.in_size, s.out_size):
@@ -336,12 +354,17 @@ def measure_entry(
         for g_key, grid in e.grids.items():
             for i, ci in enumerate(grid.c_in):
                 for j, co in enumerate(grid.c_out):
-                    cfgs.append((g_key, i, j, _cfg(e, ci, co, int(g_key.rstrip("u")))))
+                    cfgs.append((g_key, i, j, _cfg(e, ci, co, int(g_key.rstrip("uo")))))
         dens = [_cfg(e, e.c_in_full, e.c_out_full, 1, d) for d in e.densities]
-        fns = [runnable(c, b, runtime, threads) for *_, c in cfgs] + [
-            runnable(c, b, runtime, threads) for c in dens
-        ]
-        ms = time_interleaved(fns, runtime, rounds=rounds)
+        every = [c for *_, c in cfgs] + dens
+        if runtime == "deepsparse":  # timed inside its own environment (optional backend)
+            from prunekit.cost.deepsparse import time_interleaved_onnx
+
+            ms = time_interleaved_onnx(
+                [onnx_model(c, b) for c in every], b, threads=threads, rounds=rounds, min_time_s=0.01
+            )
+        else:
+            ms = time_interleaved([runnable(c, b, runtime, threads) for c in every], runtime, rounds=rounds)
         for (g_key, i, j, _), t in zip(cfgs, ms, strict=False):
             grid = e.grids[g_key]
             table = grid.ms.setdefault(str(b), [[0.0] * len(grid.c_out) for _ in grid.c_in])

@@ -111,10 +111,14 @@ def evaluate(
     threads: int = 1,
     rounds: int = 3,
 ) -> EvalResult:
-    """Measure every plan (interleaved rounds, ONNX Runtime, ``lm``'s batch size) and compare with ``lm``."""
+    """Measure every plan (interleaved rounds, in the table's runtime, ``lm``'s batch size) and compare with
+    ``lm``."""
     result = EvalResult(batch=lm.batch_size)
     nets = [model] + [apply(model, p, space) for _, p in plans]  # the unpruned model first: the reference
-    times = whole_model_rounds(nets, space.input_shape, (lm.batch_size,), threads=threads, rounds=rounds)
+    runtime = str(lm.table.machine.get("runtime", "ort"))
+    times = whole_model_rounds(
+        nets, space.input_shape, (lm.batch_size,), runtime=runtime, threads=threads, rounds=rounds
+    )
     b = lm.batch_size
     full_ms = float(statistics.median(times[0][b]))
     full_pred = lm(space.channels)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from scipy.interpolate import RegularGridInterpolator
 
 from prunekit.cost.lut import Entry, Grid, LatencyTable, Overhead, load_table
 from prunekit.cost.macs import CostModel
+from prunekit.cost.ort_layout import OrtLayout
 from prunekit.errors import PrunekitError
 from prunekit.space import ChannelSpace, Plan, apply, legal_width, plan_from_widths, uniform_widths
 
@@ -95,8 +97,23 @@ class LatencyModel:
             for g_key, grid in e.grids.items():
                 self._readers[(key, g_key)] = _Reader(grid, b, e.tied)
         self._rows = {n: self.cost.names.index(n) for n in self._layers()}
-        self._in_pos = {n: _in_positions(table.entries[table.layer_entry[n]]) for n in self._rows}
-        self._out_pos = {n: _out_positions(space, n) for n in self._rows}
+        entries = [table.entries[table.layer_entry[n]] for n in self._rows]
+        self._in_pos = np.array([_in_positions(e) for e in entries])
+        self._out_pos = np.array([_out_positions(space, n) for n in self._rows])
+        self._tied = np.array([e.tied for e in entries], dtype=bool)
+        self._in_unit = np.array([e.in_unit for e in entries])
+        self._out_unit = np.array([e.out_unit for e in entries])
+        self._in_full = np.array([e.c_in_full for e in entries])
+        self._out_full = np.array([e.c_out_full for e in entries])
+        # a regrouped conv's groups multiply the layer's own (a model's grouped conv stays as it is at g = 1)
+        self._base_groups = np.array(
+            [1 if e.tied else int(e.config.get("groups", 1)) for e in entries], dtype=np.int64
+        )
+        self.layout = (
+            OrtLayout(self.cost, list(self._rows), table.unit, self._in_pos, self._out_pos)
+            if table.machine.get("runtime") == "ort"
+            else None
+        )
 
     def _layers(self) -> list[str]:
         return [n for n in self.cost.names if self.space.layers[n].kind in ("conv", "linear")]
@@ -117,10 +134,13 @@ class LatencyModel:
     ) -> dict[str, np.ndarray]:
         """Per conv / linear layer, predicted ms ``[N]`` for widths ``[N, G]`` (dict of ``[N]`` per layer name for
         densities / group counts; absent = dense / unchanged)."""
+        ci, co, g = self._channels(widths, groups)
+        blocked = self._blocked(ci, co, g)
         out = {}
-        for n, (e, key, ci, co, aligned) in self._layer_channels(widths).items():
-            g = None if groups is None else groups.get(n)
-            ms = self._by_groups(key, e, ci, co, g, aligned)
+        for j, n in enumerate(self._rows):
+            key = self.table.layer_entry[n]
+            e = self.table.entries[key]
+            ms = self._read(key, e, ci[:, j], co[:, j], g[:, j], blocked[:, j])
             d = None if densities is None else densities.get(n)
             if d is not None and len(e.densities) > 1:
                 xs = np.asarray(e.densities[::-1], dtype=np.float64)
@@ -129,67 +149,100 @@ class LatencyModel:
             out[n] = ms
         return out
 
-    def _layer_channels(self, widths: np.ndarray) -> dict[str, tuple]:
-        """Per layer ``(entry, key, c_in [N], c_out [N], aligned [N])`` for widths ``[N, G]``."""
+    def _channels(
+        self, widths: np.ndarray, groups: dict[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Kept input / output channels and group counts ``[N, L]`` of the table layers for widths ``[N, G]``
+        (a depthwise conv: ``c_in = c_out``; group counts: the plan's ``conv_groups``, else 1)."""
         w = np.atleast_2d(np.asarray(widths, dtype=np.float64))
         c_in, c_out = self.cost._io(w)
-        out = {}
-        for n, i in self._rows.items():
-            key = self.table.layer_entry[n]
-            e = self.table.entries[key]
-            ci, co = np.rint(c_in[:, i]), np.rint(c_out[:, i])
-            if e.tied:
-                ci = co
-            aligned = _aligned(ci, e.in_unit, e.c_in_full) & _aligned(co, e.out_unit, e.c_out_full)
-            out[n] = (e, key, ci, co, aligned)
-        return out
+        idx = list(self._rows.values())
+        ci, co = np.rint(c_in[:, idx]), np.rint(c_out[:, idx])
+        ci = np.where(self._tied, co, ci)
+        g = np.ones(ci.shape, dtype=np.int64)
+        for j, n in enumerate(self._rows):
+            if groups is not None and groups.get(n) is not None:
+                g[:, j] = np.broadcast_to(np.asarray(groups[n], dtype=np.int64), (ci.shape[0],))
+        return ci, co, g
 
-    def _by_groups(
-        self, key: str, e: Entry, ci: np.ndarray, co: np.ndarray, g: np.ndarray | None, aligned: np.ndarray
+    def _blocked(self, ci: np.ndarray, co: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """``[N, L]``: the layer runs the runtime's blocked kernel -- ONNX Runtime's NCHWc rule
+        (:class:`~prunekit.cost.ort_layout.OrtLayout`), else both channel counts multiples of the unit."""
+        if self.layout is not None:
+            return self.layout.blocked(ci, co, g * self._base_groups)
+        return _aligned(ci, self._in_unit, self._in_full) & _aligned(co, self._out_unit, self._out_full)
+
+    def _read(
+        self, key: str, e: Entry, ci: np.ndarray, co: np.ndarray, g: np.ndarray, blocked: np.ndarray
     ) -> np.ndarray:
-        g = (
-            np.ones(ci.shape, dtype=np.int64)
-            if g is None
-            else np.broadcast_to(np.asarray(g, dtype=np.int64), ci.shape)
-        )
+        """ms ``[N]`` of one layer: a regrouped conv from its ``G`` grid; a blocked one from the aligned grid
+        (ONNX Runtime: at the channel counts padded to the block, which is what it computes); an unblocked one from
+        the unaligned grid of its input count's residue (``1u``: a multiple of half the unit, ``1o``: not; ONNX
+        Runtime blocks the former, so it reads ``1o``)."""
         ms = np.empty(ci.shape)
         for value in np.unique(g):
             sel = g == value
-            if value <= 1:
-                unaligned = self._readers.get((key, "1u"))
-                a = sel & (aligned | (unaligned is None))
-                ms[a] = self._readers[(key, "1")](ci[a], co[a])
-                u = sel & ~a
-                if u.any():
-                    ms[u] = unaligned(ci[u], co[u])
+            if value > 1:
+                reader = self._readers.get((key, str(int(value))))
+                if reader is None:
+                    raise PrunekitError(
+                        f"latency table has no {int(value)}-group measurements for {e.layers[0]}; rebuild it with "
+                        f"--groups including {int(value)}"
+                    )
+                ms[sel] = reader(ci[sel], co[sel])
                 continue
-            reader = self._readers.get((key, str(int(value))))
-            if reader is None:
-                raise PrunekitError(
-                    f"latency table has no {int(value)}-group measurements for {e.layers[0]}; rebuild it with "
-                    f"--groups including {int(value)}"
-                )
-            ms[sel] = reader(ci[sel], co[sel])
+            u = self._readers.get((key, "1u"))
+            a = sel & (blocked | (u is None))
+            if a.any():
+                c_in, c_out = ci[a], co[a]
+                if self.layout is not None:  # ONNX Runtime computes on channels padded to its block
+                    b = self.table.unit
+                    if e.out_unit > 1:
+                        c_out = np.ceil(c_out / b) * b
+                    if e.in_unit > 1:
+                        c_in = np.where(c_in >= b, np.ceil(c_in / b) * b, c_in)
+                ms[a] = self._readers[(key, "1")](c_in, c_out)
+            rest = sel & ~a
+            odd_reader = self._readers.get((key, "1o"))
+            if odd_reader is not None:
+                odd = rest & (ci % max(1, e.in_unit // 2) != 0)
+                if odd.any():
+                    ms[odd] = odd_reader(ci[odd], co[odd])
+                rest = rest & ~odd
+            if rest.any():
+                ms[rest] = u(ci[rest], co[rest])
         return ms
 
-    def features(self, widths: np.ndarray) -> np.ndarray:
-        """Overhead features ``[N, 3]``: ``1``, aligned and unaligned activation traffic (elements per sample)."""
-        chans = self._layer_channels(widths)
-        n = np.atleast_2d(widths).shape[0]
-        f = np.zeros((n, 3))
-        f[:, 0] = 1.0
-        for name, (_, _, ci, co, aligned) in chans.items():
-            traffic = ci * self._in_pos[name] + co * self._out_pos[name]
-            f[:, 1] += np.where(aligned, traffic, 0.0)
-            f[:, 2] += np.where(aligned, 0.0, traffic)
-        return f
+    def features(self, widths: np.ndarray, groups: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Overhead features ``[N, F]`` (named by :meth:`feature_names`; elements per sample) for widths ``[N, G]``.
 
-    def overhead_ms(self, widths: np.ndarray) -> np.ndarray:
+        ONNX Runtime: ``1``, the reorders the blocked layers paid when timed alone, the reorders at the model's
+        layout transitions, the outputs of unblocked convs whose add and activation run as nodes of their own
+        (:meth:`~prunekit.cost.ort_layout.OrtLayout.features`). Other runtimes: ``1``, the activation traffic of
+        aligned and of unaligned layers."""
+        ci, co, g = self._channels(widths, groups)
+        n = ci.shape[0]
+        if self.layout is not None:
+            f = self.layout.features(ci, co, g * self._base_groups)
+            return np.column_stack([np.ones(n)] + [f[k] for k in _ORT_FEATURES])
+        blocked = self._blocked(ci, co, g)
+        traffic = ci * self._in_pos + co * self._out_pos
+        return np.column_stack(
+            [np.ones(n), np.where(blocked, traffic, 0.0).sum(1), np.where(blocked, 0.0, traffic).sum(1)]
+        )
+
+    def feature_names(self) -> list[str]:
+        """Names of the :meth:`features` columns."""
+        if self.layout is not None:
+            return ["1", *_ORT_FEATURES]
+        return ["1", "aligned traffic", "unaligned traffic"]
+
+    def overhead_ms(self, widths: np.ndarray, groups: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """The table's overhead fit at ``widths`` ``[N, G]`` (zeros for a table without one), ms ``[N]``."""
         oh = self.table.overhead
         if oh is None:
             return np.zeros(np.atleast_2d(widths).shape[0])
-        return self.features(widths) @ np.asarray(oh.coef[str(self.batch_size)], dtype=np.float64)
+        return self.features(widths, groups) @ np.asarray(oh.coef[str(self.batch_size)], dtype=np.float64)
 
     def batch(
         self,
@@ -200,7 +253,7 @@ class LatencyModel:
         """Predicted ms ``[N]`` for a population of widths ``[N, G]`` (vectorised)."""
         layers = self.layer_ms(widths, densities, groups)
         total = np.sum(list(layers.values()), axis=0) if layers else np.zeros(np.atleast_2d(widths).shape[0])
-        return total + self.overhead_ms(widths)
+        return total + self.overhead_ms(widths, groups)
 
     def __call__(self, widths: np.ndarray) -> float:
         """Predicted ms of one width vector ``[G]`` (the :class:`~prunekit.cost.budget.LatencyFn` call)."""
@@ -213,8 +266,11 @@ class LatencyModel:
         return float(self.batch(plan.widths(self.space).reshape(1, -1), dens or None, grp or None)[0])
 
 
-def _aligned(c: np.ndarray, unit: int, full: int) -> np.ndarray:
-    return (c % max(1, unit) == 0) | (c == full)
+_ORT_FEATURES = ("alone", "transitions", "unfused")
+
+
+def _aligned(c: np.ndarray, unit: np.ndarray, full: np.ndarray) -> np.ndarray:
+    return (c % np.maximum(1, unit) == 0) | (c == full)
 
 
 def _in_positions(e: Entry) -> float:
@@ -237,7 +293,7 @@ def random_widths(space: ChannelSpace, rng: np.random.Generator, *, low: float, 
 
 # ---------------------------------------------------------------------------------------------- overhead
 def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, rounds: int = 3):
-    """A :func:`~prunekit.cost.lut.build_table` ``overhead`` callback: time the whole model at eight calibration
+    """A :func:`~prunekit.cost.lut.build_table` ``overhead`` callback: time the whole model at twelve calibration
     widths (full; uniform and random, aligned to the table's unit and not) in ``runtime`` and fit the residual over
     the layer predictions (:class:`~prunekit.cost.lut.Overhead`)."""
 
@@ -246,9 +302,9 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
         calib = {"full": space.channels}
         for mult in (0.3, 0.5, 0.75):
             calib[f"uniform x{mult}, aligned"] = uniform_widths(space, mult, round_to=table.unit)
-        for mult in (0.4, 0.7):
+        for mult in (0.4, 0.55, 0.7, 0.85):
             calib[f"uniform x{mult}, unaligned"] = uniform_widths(space, mult, round_to=1)
-        for k, step in enumerate((table.unit, 1)):
+        for k, step in enumerate((table.unit, 1, table.unit, 1)):
             label = f"random widths {k + 1}, {'aligned' if step > 1 else 'unaligned'}"
             calib[label] = random_widths(space, rng, low=0.25, round_to=step)
         widths = np.stack(list(calib.values()))
@@ -263,6 +319,7 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
             coef[str(b)] = [float(x) for x in np.linalg.lstsq(feats, r, rcond=None)[0]]
         return Overhead(
             labels=list(calib),
+            names=lm.feature_names(),
             features=[[float(x) for x in row] for row in feats],
             residual_ms=residual,
             measured_ms={str(b): measured[b] for b in table.batches},
@@ -277,23 +334,78 @@ def whole_model_rounds(
     input_shape: Sequence[int],
     batches: Sequence[int],
     *,
+    runtime: str = "ort",
     threads: int = 1,
     rounds: int = 3,
 ) -> list[dict[int, list[float]]]:
-    """ONNX Runtime ms of whole models (BN folded, as deployed), per net ``{batch: [ms of round 1, 2, ...]}``, the
-    nets timed in interleaved rounds (a table's overhead calibration and ``lut eval`` time models the same way)."""
-    from prunekit.cost.latency import interleaved_ort_latency
+    """ms of whole models as deployed, per net ``{batch: [ms of round 1, 2, ...]}``, the nets timed in interleaved
+    rounds (a table's overhead calibration and ``lut eval`` time models the same way): ONNX Runtime and DeepSparse
+    run the exported model (BN folded), torch / CUDA the module."""
+    if runtime == "ort":
+        from prunekit.cost.latency import interleaved_ort_latency
 
-    return interleaved_ort_latency(
-        [(n, input_shape) for n in nets],
-        batch_sizes=batches,
-        rounds=rounds,
-        threads=threads,
-        warmup=5,
-        repeats=20,
-        min_time_s=0.2,
-        max_time_s=1.5,
-    )
+        return interleaved_ort_latency(
+            [(n, input_shape) for n in nets],
+            batch_sizes=batches,
+            rounds=rounds,
+            threads=threads,
+            warmup=5,
+            repeats=20,
+            min_time_s=0.2,
+            max_time_s=1.5,
+        )
+    if runtime == "deepsparse":
+        return _deepsparse_rounds(nets, input_shape, batches, threads, rounds)
+    return _torch_rounds(nets, input_shape, batches, runtime, rounds)
+
+
+def _deepsparse_rounds(
+    nets: Sequence[nn.Module], input_shape: Sequence[int], batches: Sequence[int], threads: int, rounds: int
+) -> list[dict[int, list[float]]]:
+    import tempfile
+
+    from prunekit.cost.deepsparse import time_models
+    from prunekit.cost.latency import export_for_timing
+
+    out: list[dict[int, list[float]]] = [{} for _ in nets]
+    with tempfile.TemporaryDirectory(prefix="prunekit-ds-") as tmp:
+        paths = [export_for_timing(n, Path(tmp) / f"m{i}.onnx", input_shape) for i, n in enumerate(nets)]
+        for b in batches:
+            per = time_models(paths, b, threads=threads, rounds=rounds, min_time_s=0.2)
+            for d, ms in zip(out, per, strict=True):
+                d[b] = ms
+    return out
+
+
+def _torch_rounds(
+    nets: Sequence[nn.Module], input_shape: Sequence[int], batches: Sequence[int], runtime: str, rounds: int
+) -> list[dict[int, list[float]]]:
+    """torch eager (``torch``) or GPU (``cuda``, CUDA events): one interleaved pass over the nets per round."""
+    import torch
+
+    from prunekit.cost.runtimes import time_interleaved
+
+    out: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in nets]
+    device = "cuda" if runtime == "cuda" else "cpu"
+    for b in batches:
+        fns = []
+        for n in nets:
+            n = n.eval().to(device)
+            x = torch.randn(b, *tuple(input_shape)[1:], device=device)
+            fns.append(partial(_no_grad_call, n, x))
+        for r in range(rounds):
+            order = list(range(len(fns)))[r % len(fns) :] + list(range(len(fns)))[: r % len(fns)]
+            ms = time_interleaved([fns[i] for i in order], runtime, rounds=1, min_time_s=0.2)
+            for i, t in zip(order, ms, strict=True):
+                out[i][b].append(t)
+    return out
+
+
+def _no_grad_call(net: nn.Module, x) -> None:
+    import torch
+
+    with torch.no_grad():
+        net(x)
 
 
 def _paired_ms(
@@ -305,10 +417,8 @@ def _paired_ms(
     rounds: int,
 ) -> dict[int, list[float]]:
     """ms of each net as (median over rounds of its ratio to ``nets[0]`` in the same round) x ``nets[0]``'s median:
-    a shared machine's load drift between rounds cancels in the ratios (ONNX Runtime; other runtimes: medians)."""
-    if runtime != "ort":
-        return _torch_whole_model_ms(nets, input_shape, batches, runtime, rounds)
-    res = whole_model_rounds(nets, input_shape, batches, threads=threads, rounds=rounds)
+    a shared machine's load drift between rounds cancels in the ratios."""
+    res = whole_model_rounds(nets, input_shape, batches, runtime=runtime, threads=threads, rounds=rounds)
     out: dict[int, list[float]] = {}
     for b in batches:
         ref = res[0][b]
@@ -316,25 +426,4 @@ def _paired_ms(
         out[b] = [
             ref_ms * float(statistics.median([x / r for x, r in zip(t[b], ref, strict=True)])) for t in res
         ]
-    return out
-
-
-def _torch_whole_model_ms(
-    nets: Sequence[nn.Module], input_shape: Sequence[int], batches: Sequence[int], runtime: str, rounds: int
-) -> dict[int, list[float]]:
-    """Median ms per batch size of each net in torch eager (``torch``) or on a GPU (``cuda``), interleaved rounds."""
-    import torch
-
-    from prunekit.cost.runtimes import time_interleaved
-
-    out: dict[int, list[float]] = {}
-    device = "cuda" if runtime == "cuda" else "cpu"
-    for b in batches:
-        fns = []
-        for n in nets:
-            n = n.eval().to(device)
-            x = torch.randn(b, *tuple(input_shape)[1:], device=device)
-            fns.append(lambda n=n, x=x: n(x))
-        with torch.no_grad():
-            out[b] = time_interleaved(fns, runtime, rounds=rounds, min_time_s=0.2)
     return out

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from prunekit.errors import PrunekitError
 
-RUNTIMES = ("ort", "torch", "cuda")
+RUNTIMES = ("ort", "torch", "cuda", "deepsparse")
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=67108864"
 
 
@@ -96,6 +96,12 @@ def machine_signature(runtime: str, threads: int) -> dict:
         import onnxruntime
 
         version = f"onnxruntime {onnxruntime.__version__}"
+    elif runtime == "deepsparse":
+        from prunekit.cost.deepsparse import probe
+
+        found = probe()
+        version = f"deepsparse {found['deepsparse']}"
+        isa = [found["isa"]] if found.get("isa") else isa
     else:
         version = f"torch {torch.__version__}"
         if runtime == "cuda" and torch.cuda.is_available():
@@ -104,7 +110,10 @@ def machine_signature(runtime: str, threads: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- runnables
-def _onnx_model(cfg: LayerConfig, batch: int) -> bytes:
+def onnx_model(cfg: LayerConfig, batch: int) -> bytes:
+    """``cfg`` as a one-node ONNX model (serialised) with a fixed input ``[batch, c_in, *in_spatial]``: ``Conv`` /
+    ``ConvTranspose`` with a bias (BN folded), ``Gemm`` (or ``MatMul`` + ``Add`` on ``[N, rows, C]``) for a linear;
+    weights from :meth:`LayerConfig.weight` (its density's zeros included)."""
     from onnx import TensorProto, helper, numpy_helper
 
     w = cfg.weight()
@@ -174,7 +183,7 @@ def runnable(cfg: LayerConfig, batch: int, runtime: str, threads: int) -> Callab
     if runtime == "ort":
         from prunekit.export import ort_session
 
-        sess = ort_session(_onnx_model(cfg, batch), threads=threads)
+        sess = ort_session(onnx_model(cfg, batch), threads=threads)
         feed = {"x": np.random.default_rng(1).standard_normal(cfg.input_shape(batch)).astype(np.float32)}
         return lambda: sess.run(None, feed)
     if runtime in ("torch", "cuda"):

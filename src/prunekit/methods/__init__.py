@@ -41,6 +41,7 @@ _METHOD_MODULES: tuple[str, ...] = (
     "prunekit.methods.multistage",
     "prunekit.methods.scratch",
     "prunekit.methods.metapruning",
+    "prunekit.methods.gconv",
 )
 
 

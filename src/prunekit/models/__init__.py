@@ -7,7 +7,7 @@ BN, MobileNetV1/V2 and ImageNet ResNet-18/34/50.
 """
 
 # Importing the builtin model modules registers them.
-from prunekit.models import cifar_resnet, mobilenet, resnet, vgg  # noqa: F401
+from prunekit.models import cifar_resnet, mobilenet, preresnet, resnet, vgg  # noqa: F401
 from prunekit.models.registry import (
     ModelSpec,
     create_model,

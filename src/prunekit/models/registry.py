@@ -56,6 +56,7 @@ _BUILTIN_MODULES = (
     "prunekit.models.vgg",
     "prunekit.models.mobilenet",
     "prunekit.models.resnet",
+    "prunekit.models.preresnet",
 )
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")

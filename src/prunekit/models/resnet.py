@@ -1,13 +1,13 @@
 """ImageNet-style ResNets (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, Table 1).
 
 The torchvision architecture ("ResNet v1.5"): a 7x7 stride-2 stem conv with 64 channels, a 3x3 stride-2
-max-pool, four stages of BasicBlocks (ResNet-18/34) or Bottlenecks (ResNet-50) with 64/128/256/512 base
+max-pool, four stages of BasicBlocks (ResNet-18/34) or Bottlenecks (ResNet-50/101) with 64/128/256/512 base
 widths, global average pooling, ``fc``. In a Bottleneck the stride sits on the 3x3 conv; shortcuts that change
 shape are a 1x1 conv (with the stride) + BN. Parameter names equal torchvision's (``conv1``, ``bn1``,
 ``layer{1..4}.{i}.conv{1,2,3}``, ``layer{1..4}.0.downsample.{0,1}``, ``fc``), so its state dicts load here.
 
 At 224x224 and 1000 classes: ResNet-18 1.81G MACs / 11.69M params, ResNet-34 3.66G / 21.80M,
-ResNet-50 4.09G / 25.56M. 28x28 inputs work (28 -> 14 -> 7 -> 7 -> 4 -> 2 -> 1).
+ResNet-50 4.09G / 25.56M, ResNet-101 7.80G / 44.55M. 28x28 inputs work (28 -> 14 -> 7 -> 7 -> 4 -> 2 -> 1).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from prunekit.models.registry import check_model_args, init_weights, register_model, scale_width
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101"]
 
 
 class BasicBlock(nn.Module):
@@ -48,7 +48,7 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (with the stride), 1x1 expand (x4) conv-BN layers plus shortcut (ResNet-50).
+    """1x1 reduce, 3x3 (with the stride), 1x1 expand (x4) conv-BN layers plus shortcut (ResNet-50/101).
 
     Shapes: ``(N, in_planes, H, W) -> (N, 4 * planes, ceil(H / stride), ceil(W / stride))``.
     """
@@ -185,4 +185,23 @@ def resnet50(*, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 
         in_chans=in_chans,
         width_mult=width_mult,
         name="resnet50",
+    )
+
+
+@register_model("resnet101")
+def resnet101(*, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0) -> ResNet:
+    """ResNet-101 (He et al. 2016, Table 1; torchvision "v1.5", stride on the 3x3 conv; layers 3/4/23/3).
+
+    ``(N, in_chans, H, W) -> (N, num_classes)``; 7.80G MACs / 44.55M params at 224x224 with 1000 classes.
+
+    Raises:
+        PrunekitError: non-positive ``num_classes``/``in_chans``/``width_mult``.
+    """
+    return ResNet(
+        Bottleneck,
+        [3, 4, 23, 3],
+        num_classes=num_classes,
+        in_chans=in_chans,
+        width_mult=width_mult,
+        name="resnet101",
     )

@@ -128,3 +128,16 @@ def _met(asked: Any, achieved: Any) -> bool | None:
     if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
         return None
     return b <= a * (1.0 + 1e-9)
+
+
+def grouped_layers(report: Any) -> list[tuple[str, int]]:
+    """``(layer, conv groups)`` of every layer row with ``conv_groups > 1`` (empty for a plan without group
+    convs)."""
+    rows = _as_mapping(report).get("layers")
+    out = []
+    for row in rows or []:
+        if isinstance(row, Mapping):
+            g = row.get("conv_groups")
+            if isinstance(g, int | float) and not isinstance(g, bool) and g > 1:
+                out.append((str(row.get("name")), int(g)))
+    return out

@@ -23,6 +23,7 @@ from prunekit.report._data import (
     _met,
     _method_name,
     _target_macs,
+    grouped_layers,
 )
 from prunekit.report.format import (
     DASH,
@@ -335,6 +336,39 @@ def _layers(r: Mapping) -> list[str]:
     return lines
 
 
+def _group_convs(r: Mapping) -> list[str]:
+    """Group convolutions (GConv): how many layers took each G, the mean kept criterion mass and the measured
+    cost of the channel permutations (``extra.gather_overhead``), and the plot (only with group convs)."""
+    grouped = grouped_layers(r)
+    if not grouped:
+        return []
+    counts: dict[int, int] = {}
+    for _, g in grouped:
+        counts[g] = counts.get(g, 0) + 1
+    extra = _dict(r.get("extra"))
+    lines = ["## Group convolutions", ""]
+    lines.append(
+        f"{len(grouped)} layers are group convs: "
+        + ", ".join(f"{n} at G={g}" for g, n in sorted(counts.items()))
+        + (f" (choice: {extra['choice']})" if extra.get("choice") else "")
+        + "."
+    )
+    kept = _num(extra.get("mean_kept_fraction"))
+    if kept is not None:
+        lines.append(f"Mean kept criterion mass over the regroupable layers: {fmt_pct(kept, 1)}.")
+    oh = _dict(extra.get("gather_overhead"))
+    if oh:
+        if not oh.get("gathers"):
+            lines.append("Every channel permutation folded into its producers: no gather nodes.")
+        else:
+            lines.append(
+                f"{oh['gathers']} layers keep an explicit channel gather; ONNX Runtime batch 1: "
+                f"{fmt_ms(oh.get('ms'))} with the permutations vs {fmt_ms(oh.get('ms_without_perms'))} for the same "
+                f"group convs without them ({_rel_change(oh.get('ms_without_perms'), oh.get('ms'))})."
+            )
+    return lines + ["", "![conv groups per layer](groups.png)", ""]
+
+
 def _block(b: Any) -> str:
     """A block shape ``(4, 1)`` as ``4×1``; missing -> "–"."""
     if isinstance(b, list | tuple):
@@ -432,6 +466,7 @@ _SECTIONS: tuple[Callable[[Mapping], list[str]], ...] = (
     _training,
     _groups,
     _layers,
+    _group_convs,
     _method_history,
     _points,
     _method_details,

@@ -270,3 +270,45 @@ def plot_training(report: Report | Mapping, path: str | Path | None = None) -> F
     fig.suptitle(f"{report.get('name') or 'prunekit run'}: training", fontsize=11)
     _save(fig, path)
     return fig
+
+
+_FIGSIZE_GROUPS = (11.0, 3.6)
+
+
+def plot_layer_groups(report: Report | Mapping, path: str | Path | None = None) -> Figure:
+    """Draw the group count ``G`` per layer (bars; 1 = dense) in network order, ``groups.png``: the method's
+    history rows with ``layer`` and ``groups`` (GConv lists every regroupable layer), else the report's layer rows.
+
+    Args:
+        report: a :class:`~prunekit.report.schema.Report` or the report dict (read leniently: never raises).
+        path: where to write the PNG atomically; None to only build the figure.
+
+    Returns:
+        The matplotlib figure (the bars carry ``gid`` ``"groups"``).
+    """
+    report = _as_mapping(report)
+    hist = _dict(report.get("history")).get("method") or []
+    rows = [(r.get("layer"), r.get("groups")) for r in hist if isinstance(r, Mapping) and "groups" in r]
+    if not rows:
+        rows = [
+            (r.get("name"), r.get("conv_groups"))
+            for r in report.get("layers") or []
+            if isinstance(r, Mapping)
+        ]
+    names = [str(n) for n, _ in rows]
+    gs = [max(1, int(_num(g) or 1)) for _, g in rows]
+    fig = new_figure(_FIGSIZE_GROUPS)
+    ax = fig.subplots(1, 1)
+    if rows:
+        for bar in ax.bar(range(len(gs)), gs, color=["tab:blue" if g > 1 else "tab:gray" for g in gs]):
+            bar.set_gid("groups")
+        ax.set_xticks(range(len(gs)))
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_yticks(sorted(set(gs)))
+    else:
+        ax.text(0.5, 0.5, "no layer-level choices", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("conv groups G (1 = dense)")
+    ax.set_title("Group count per layer")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig

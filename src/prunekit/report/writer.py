@@ -6,15 +6,16 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from prunekit.report._data import _jsonable
+from prunekit.report._data import _jsonable, grouped_layers
 from prunekit.report.markdown import render_markdown
-from prunekit.report.plots import plot_tradeoff, plot_training, png_bytes, write_bytes
+from prunekit.report.plots import plot_layer_groups, plot_tradeoff, plot_training, png_bytes, write_bytes
 from prunekit.report.schema import Report
 from prunekit.report.training import has_training_history
 
 
 def write_report(report: Report | Mapping, out_dir: str | Path) -> dict[str, Path]:
     """Validate ``report`` and write ``tradeoff.png``, ``training.png`` (when a phase has per-epoch history),
+    ``groups.png`` (when a layer is a group conv),
     ``report.md`` and ``report.json`` (:meth:`Report.to_dict`, indented) into ``out_dir`` (created on demand).
 
     A dict is validated into a :class:`Report` first (numpy values, tensors and paths become plain values,
@@ -23,8 +24,8 @@ def write_report(report: Report | Mapping, out_dir: str | Path) -> dict[str, Pat
     is then written atomically, ``report.json`` last, so its presence means the whole report is complete.
 
     Returns:
-        The paths written, by kind: ``{"tradeoff": ..., "training": ..., "markdown": ..., "json": ...}``
-        (``"training"`` only when written).
+        The paths written, by kind: ``{"tradeoff": ..., "training": ..., "groups": ..., "markdown": ...,
+        "json": ...}`` (``"training"`` / ``"groups"`` only when written).
 
     Raises:
         pydantic.ValidationError: the report does not match the schema (e.g. ``pruned.top1 = "abc"``, an unknown
@@ -41,6 +42,8 @@ def write_report(report: Report | Mapping, out_dir: str | Path) -> dict[str, Pat
     pngs = {"tradeoff": ("tradeoff.png", png_bytes(plot_tradeoff(data)))}
     if has_training_history(data):
         pngs["training"] = ("training.png", png_bytes(plot_training(data)))
+    if grouped_layers(data):
+        pngs["groups"] = ("groups.png", png_bytes(plot_layer_groups(data)))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
