@@ -316,7 +316,7 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
             feats = lm.features(widths)
             r = np.asarray(measured[b]) - lm.batch(widths)
             residual[str(b)] = [float(x) for x in r]
-            coef[str(b)] = [float(x) for x in np.linalg.lstsq(feats, r, rcond=None)[0]]
+            coef[str(b)] = [float(x) for x in robust_fit(feats, r)]
         return Overhead(
             labels=list(calib),
             names=lm.feature_names(),
@@ -327,6 +327,22 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
         )
 
     return measure
+
+
+def robust_fit(features: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """Coefficients ``[F]`` of ``residual [K] ~ features [K, F]``: a Cauchy-loss fit (``scipy.optimize.least_squares``,
+    ``loss="cauchy"`` with a scale of the residuals' median absolute deviation) on column-scaled features, so one
+    calibration model timed during a slow phase of a shared machine does not drag the whole overhead fit."""
+    from scipy.optimize import least_squares
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(residual, dtype=np.float64)
+    scale = np.where(np.abs(x).max(axis=0) > 0, np.abs(x).max(axis=0), 1.0)
+    xs = x / scale
+    start = np.linalg.lstsq(xs, y, rcond=None)[0]
+    mad = float(np.median(np.abs(y - xs @ start))) or float(np.std(y)) or 1e-6
+    fit = least_squares(lambda c: xs @ c - y, start, loss="cauchy", f_scale=max(mad, 1e-6))
+    return fit.x / scale
 
 
 def whole_model_rounds(
