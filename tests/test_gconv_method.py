@@ -337,3 +337,20 @@ def test_gconv_runs_end_to_end_on_fashion_mnist(tmp_path, capsys, monkeypatch):
     assert any(lc.conv_groups and lc.conv_groups > 1 for lc in plan.layers.values())
     assert any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in model.modules())
     assert "Group convolutions" in (out / "report.md").read_text()
+
+
+def test_no_permutation_means_no_gathers_and_the_least_kept_mass(tmp_path):
+    from prunekit.nn import GatherConv
+
+    ctx = _ctx(tmp_path=tmp_path)
+    plain = run(
+        ctx,
+        parse_method_config({"name": "gconv", "groups": 2, "heuristic": "none", "measure_overhead": False}),
+    )
+    grps = run(ctx, parse_method_config({"name": "gconv", "groups": 2, "measure_overhead": False}))
+    assert not any(isinstance(m, GatherConv) for m in plain.model.modules())
+    assert any(
+        isinstance(m, GatherConv) for m in grps.model.modules()
+    )  # residual streams cannot fold every order
+    assert plain.extra["mean_kept_fraction"] <= grps.extra["mean_kept_fraction"]
+    _masked_equals_applied(ctx, plain)

@@ -29,8 +29,8 @@ from scipy.optimize import linear_sum_assignment
 
 from prunekit.errors import PrunekitError
 
-Heuristic = Literal["same", "sort", "grps"]
-HEURISTICS: tuple[str, ...] = ("same", "sort", "grps")
+Heuristic = Literal["none", "same", "sort", "grps"]
+HEURISTICS: tuple[str, ...] = ("none", "same", "sort", "grps")
 SORT_ITERS = 10
 """``N_S``: sort iterations per group index in :func:`grps_order` (the seed's ``--num-sort-iters`` default)."""
 
@@ -232,7 +232,9 @@ def group_permutation(
     Args:
         s: criterion ``[F, C]`` (:func:`~prunekit.methods.gconv.criterion.criterion_matrix`).
         groups: ``G``, dividing ``F`` and ``C`` (``G = 1`` keeps everything).
-        heuristic: ``"same"``, ``"sort"`` or ``"grps"`` (the seed's ``--perm SAME|SORT|GRPS``).
+        heuristic: ``"same"``, ``"sort"`` or ``"grps"`` (the seed's ``--perm SAME|SORT|GRPS``), or ``"none"``:
+            identity permutations without the matching (the diagonal blocks in channel order; a deployed model
+            then needs no channel gathers).
         iters: ``N_S`` for ``"grps"``.
 
     Returns:
@@ -244,6 +246,10 @@ def group_permutation(
     """
     s = as_criterion(s)
     group_shape(*s.shape, groups)
+    if heuristic == "none":  # the plain group conv: diagonal blocks in channel order, no matching, no gathers
+        rows, cols = same_order(s)
+        kept = float(np.trace(block_sums(s, rows, cols, groups)))
+        return GroupPermutation([int(i) for i in rows], [int(i) for i in cols], kept)
     if heuristic == "same":
         rows, cols = same_order(s)
     elif heuristic == "sort":

@@ -73,7 +73,9 @@ class GConvConfig(BaseModel):
         search: the ``MAX_COST`` local search under the run's ``target`` (params, MACs and/or latency).
         search_cost: what a move's kept-mass gain is divided by: ``params`` (default), ``macs`` or ``latency``
             (predicted ms; needs ``target.latency_lut``).
-        heuristic: permutation heuristic before the Hungarian matching: ``grps`` (default), ``sort``, ``same``.
+        heuristic: permutation heuristic before the Hungarian matching: ``grps`` (default), ``sort``, ``same``; or
+            ``none``: no permutation at all (the diagonal blocks in channel order) -- less kept mass, but no channel
+            gathers in the deployed model (ONNX Runtime on CPU pays for every gather it cannot fold away).
         sort_iters: ``N_S`` of GRPS (seed ``--num-sort-iters``, 10).
         criterion: ``l2`` (kernel norms, default) or ``taylor`` (``|W * dL/dW|`` over ``taylor_batches`` batches).
         max_groups, allow_depthwise, min_factor: the seed's limits on G (64, false, 1).
@@ -92,7 +94,7 @@ class GConvConfig(BaseModel):
     group_config: str | dict[str, int] | None = None
     search: bool = False
     search_cost: Literal["params", "macs", "latency"] = "params"
-    heuristic: Literal["grps", "sort", "same"] = "grps"
+    heuristic: Literal["grps", "sort", "same", "none"] = "grps"
     sort_iters: int = Field(default=SORT_ITERS, ge=1)
     criterion: Literal["l2", "taylor"] = "l2"
     taylor_batches: int = Field(default=8, ge=1)
