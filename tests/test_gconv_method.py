@@ -191,8 +191,14 @@ def _ctx(spec="resnet20", shape=SHAPE, budget=None, tmp_path=Path(".")):
     )
 
 
-def _masked_equals_applied(ctx, result):
+def _masked_equals_applied(ctx, result, bn_batches=16):
+    """The applied group-conv model computes what the masked dense model computes (both with their BN statistics
+    recomputed on the same batches, as the method does after regrouping)."""
+    from prunekit.train.bn import recalibrate_bn
+
     masked, _ = mask(ctx.model, result.plan, ctx.space)
+    if bn_batches and result.extra.get("recovery") == "finetune":
+        recalibrate_bn(masked, ctx.data.train, batches=bn_batches)
     x = torch.randn(2, *ctx.space.input_shape[1:])
     with torch.no_grad():
         a, b = masked.eval()(x), result.model.eval()(x)

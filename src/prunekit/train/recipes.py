@@ -155,15 +155,15 @@ SMOKE_EPOCHS = 1.0
 
 def smoke_recipe(tc: TrainConfig, max_epochs: float = SMOKE_EPOCHS) -> TrainConfig:
     """The ``--smoke`` version of a recipe, the one shrinking rule every phase uses: at most ``max_epochs`` epochs,
-    warm-up at most half of them, step milestones past the end dropped. Returns a copy; ``tc`` is unchanged."""
+    warm-up at most half of them, step milestones past the end dropped (a ``multistep`` schedule left without any
+    becomes ``constant``, so the shrunk recipe still validates when a run's config is read back). Returns a copy;
+    ``tc`` is unchanged."""
     e = min(tc.epochs, max_epochs)
-    return tc.model_copy(
-        update={
-            "epochs": e,
-            "warmup_epochs": min(tc.warmup_epochs, e / 2),
-            "milestones": [m for m in tc.milestones if m < e],
-        }
-    )
+    milestones = [m for m in tc.milestones if m < e]
+    update: dict = {"epochs": e, "warmup_epochs": min(tc.warmup_epochs, e / 2), "milestones": milestones}
+    if tc.schedule == "multistep" and not milestones:
+        update["schedule"] = "constant"
+    return TrainConfig.model_validate({**tc.model_dump(), **update})
 
 
 def _is_depthwise(m: nn.Module) -> bool:

@@ -52,6 +52,7 @@ from prunekit.methods.gconv.search import SearchOutcome, max_cost_search
 from prunekit.nn import GatherConv
 from prunekit.space import ChannelSpace, Plan, apply, plan_from_widths
 from prunekit.space.plan import LayerChoice, can_regroup
+from prunekit.train.bn import recalibrate_bn
 
 __all__ = ["BUDGET_METRICS", "Config", "GConvConfig", "run"]
 
@@ -84,6 +85,8 @@ class GConvConfig(BaseModel):
         channel_plan: a ``plan.json`` of another run of the same model and input: GConv runs on the channels that
             plan keeps (composition with channel pruning); G must divide the kept counts.
         recovery: ``finetune`` (the run's recipe on the pruned weights) or ``scratch`` (re-initialised first).
+        bn_batches: training batches to recompute the BN statistics on after regrouping (finetune recovery; 0 =
+            keep the baseline's statistics).
         measure_overhead: time the permutation (gather) overhead in ONNX Runtime (a few seconds).
     """
 
@@ -104,6 +107,7 @@ class GConvConfig(BaseModel):
     exclude: list[str] = Field(default_factory=lambda: ["first"])
     channel_plan: str | None = None
     recovery: Literal["finetune", "scratch"] = "finetune"
+    bn_batches: int = Field(default=16, ge=0)
     measure_overhead: bool = True
 
     @model_validator(mode="after")
@@ -297,15 +301,9 @@ def _search(
     else:
         unit = costs[cfg.search_cost]
     levels = {n: sorted(cands[n], reverse=True) for n in names}
-    fingerprint = f"gconv:{cfg.model_dump_json()}:{budget.describe()}:{sorted(levels.items())}"
-    outcome = max_cost_search(
-        levels,
-        kept,
-        unit,
-        feasible,
-        checkpoint=ctx.out_dir / "gconv_search.json",
-        fingerprint=fingerprint,
-    )
+    # no checkpoint: the search is deterministic and takes seconds, while rewriting its evaluation cache after every
+    # step took most of a PreResNet-164 search (30 min for 317 steps); a resumed run simply searches again
+    outcome = max_cost_search(levels, kept, unit, feasible)
     final = {n: np.array([outcome.choice.get(n, 1)]) for n in names}
     if not feasible(final).all():  # the local search only steps within the budget: this would be a bug
         raise RuntimeError("gconv search returned a group choice over the budget")
@@ -367,6 +365,9 @@ def run(ctx: MethodContext, cfg: GConvConfig) -> MethodResult:
     model = apply(ctx.model, plan, space)
     if cfg.recovery == "scratch":
         _reinitialise(model)
+    elif cfg.bn_batches and ctx.data is not None and getattr(ctx.data, "train", None) is not None:
+        # dropping the off-block kernels shifts every regrouped conv's output: recompute the BN statistics
+        recalibrate_bn(model, ctx.data.train, batches=cfg.bn_batches, device=ctx.device)
     rows = _layer_rows(ctx, base, plan, names, shapes, cands, choice, kept)
     extra = {
         "choice": _choice_mode(cfg),
