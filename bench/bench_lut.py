@@ -12,6 +12,7 @@ Usage::
 
     OMP_NUM_THREADS=1 python bench/bench_lut.py                  # every case
     OMP_NUM_THREADS=1 python bench/bench_lut.py --cases resnet20-fmnist
+    OMP_NUM_THREADS=1 python bench/bench_lut.py --cases resnet20-fmnist --recalibrate   # new overhead, same grids
 
 It does not compare runtimes (ONNX Runtime only) and measures on whatever load the machine has: the eval reports
 the measurement noise beside the error, and the ratio error (each plan timed back to back with the unpruned model)
@@ -72,9 +73,15 @@ def _speed(model: str, size: int, lut: Path, n: int = 4000) -> float:
     return n / best
 
 
-def run_case(tag: str, case: dict, weights: bool) -> dict:
+def run_case(tag: str, case: dict, weights: bool, recalibrate: bool = False) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     lut = OUT / f"{tag}.lut.json"
+    if recalibrate and lut.is_file():  # keep the layer grids, measure the overhead and the evals again
+        table = json.loads(lut.read_text())
+        table["overhead"] = None
+        lut.write_text(json.dumps(table, indent=1) + "\n")
+        for ev in OUT.glob(f"{tag}.eval-b*.json"):
+            ev.unlink()
     common = [case["model"], "--input-size", str(case["size"])]
     facts: dict = {"tag": tag, **case}
     build = [*common, "--batch", ",".join(map(str, case["batches"])), "--points", str(case["points"])]
@@ -132,12 +139,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case tags")
     ap.add_argument("--weights", action="store_true", help="eval plans with densities and 2-group convs too")
+    ap.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="keep the layer grids; re-measure the overhead and the evals",
+    )
     args = ap.parse_args()
     rows = []
     summary = OUT / "summary.json"
     old = {r["tag"]: r for r in json.loads(summary.read_text())} if summary.is_file() else {}
     for tag in args.cases.split(","):
-        rows.append(run_case(tag, CASES[tag], args.weights))
+        rows.append(run_case(tag, CASES[tag], args.weights, args.recalibrate))
         old[tag] = rows[-1]
         summary.write_text(json.dumps(list(old.values()), indent=1) + "\n")
         (OUT / "summary.md").write_text(_markdown(list(old.values())))

@@ -29,6 +29,7 @@ from prunekit.cost.macs import CostModel
 from prunekit.cost.ort_layout import OrtLayout
 from prunekit.errors import PrunekitError
 from prunekit.space import ChannelSpace, Plan, apply, legal_width, plan_from_widths, uniform_widths
+from prunekit.space.plan import add_weight_choices
 
 
 class _Reader:
@@ -294,8 +295,9 @@ def random_widths(space: ChannelSpace, rng: np.random.Generator, *, low: float, 
 # ---------------------------------------------------------------------------------------------- overhead
 def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, rounds: int = 3):
     """A :func:`~prunekit.cost.lut.build_table` ``overhead`` callback: time the whole model at twelve calibration
-    widths (full; uniform and random, aligned to the table's unit and not) in ``runtime`` and fit the residual over
-    the layer predictions (:class:`~prunekit.cost.lut.Overhead`)."""
+    widths (full; uniform and random, aligned to the table's unit and not) plus, when the table measured 2-group
+    convs, two aligned plans with every legal dense conv at 2 groups, in ``runtime``, and fit the residual over the
+    layer predictions (:class:`~prunekit.cost.lut.Overhead`)."""
 
     def measure(table: LatencyTable, space: ChannelSpace) -> Overhead:
         rng = np.random.default_rng(0)
@@ -307,18 +309,28 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
         for k, step in enumerate((table.unit, 1, table.unit, 1)):
             label = f"random widths {k + 1}, {'aligned' if step > 1 else 'unaligned'}"
             calib[label] = random_widths(space, rng, low=0.25, round_to=step)
-        widths = np.stack(list(calib.values()))
-        nets = [apply(model, plan_from_widths(space, w), space) for w in widths]
+        plans = {label: plan_from_widths(space, w) for label, w in calib.items()}
+        if (
+            2 in table.groups
+        ):  # the layouts of group convs differ (per-group channel counts): calibrate them too
+            for mult in (0.5, 1.0):
+                base = plan_from_widths(space, uniform_widths(space, mult, round_to=table.unit))
+                plans[f"uniform x{mult}, aligned, 2 groups"] = add_weight_choices(
+                    base, space, conv_groups=2, permute=False
+                )[0]
+        widths = np.stack([p.widths(space) for p in plans.values()])
+        groups = _groups_of(list(plans.values()))
+        nets = [apply(model, p, space) for p in plans.values()]
         measured = _paired_ms(nets, space.input_shape, table.batches, runtime, threads, rounds)
         residual, coef, feats = {}, {}, None
         for b in table.batches:
             lm = LatencyModel(table, space, batch=b)  # no overhead yet: the sum of the layers
-            feats = lm.features(widths)
-            r = np.asarray(measured[b]) - lm.batch(widths)
+            feats = lm.features(widths, groups)
+            r = np.asarray(measured[b]) - lm.batch(widths, None, groups)
             residual[str(b)] = [float(x) for x in r]
             coef[str(b)] = [float(x) for x in robust_fit(feats, r)]
         return Overhead(
-            labels=list(calib),
+            labels=list(plans),
             names=lm.feature_names(),
             features=[[float(x) for x in row] for row in feats],
             residual_ms=residual,
@@ -327,6 +339,18 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
         )
 
     return measure
+
+
+def _groups_of(plans: Sequence[Plan]) -> dict[str, np.ndarray] | None:
+    """``{layer: group counts [N]}`` over ``plans`` (1 where a plan leaves the layer as it is); None if none
+    regroups."""
+    names = {n for p in plans for n, lc in p.layers.items() if lc.conv_groups}
+    if not names:
+        return None
+    return {
+        n: np.array([(p.layers[n].conv_groups or 1) if n in p.layers else 1 for p in plans])
+        for n in sorted(names)
+    }
 
 
 def robust_fit(features: np.ndarray, residual: np.ndarray) -> np.ndarray:

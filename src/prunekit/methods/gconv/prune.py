@@ -181,7 +181,8 @@ def regroupable(space: ChannelSpace, exclude: list[str]) -> list[str]:
 def _taylor_grads(
     ctx: MethodContext, model: nn.Module, names: list[str], batches: int
 ) -> dict[str, torch.Tensor]:
-    """Summed ``dL/dW`` of ``names`` over ``batches`` training batches (cross-entropy), on a copy in train mode."""
+    """Summed ``dL/dW`` of ``names`` over ``batches`` training batches (cross-entropy), ``model`` (a throwaway
+    copy) in train mode."""
     model.train()
     params = {n: model.get_submodule(n).weight for n in names}
     for p in params.values():
@@ -206,7 +207,7 @@ def _criteria(
     out = {}
     for n in names:
         w = pruned.get_submodule(n).weight.detach().cpu()
-        out[n] = criterion_matrix(w, cfg.criterion, grads.get(n, None) if grads else None)
+        out[n] = criterion_matrix(w, cfg.criterion, grads.get(n))
     return out
 
 
