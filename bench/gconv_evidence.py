@@ -59,9 +59,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from _study import config_tree, mean_std, seeded
 from prunekit.config import RunConfig, load_config, parse_config
 from prunekit.errors import PrunekitError
 from prunekit.io import write_json, write_text
@@ -71,21 +71,6 @@ HEURISTICS = ("grps", "sort", "same")
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def _tree(cfg: Any) -> dict:
-    return json.loads(cfg.model_dump_json())
-
-
-def _seeded(tree: dict, seed: int) -> dict:
-    tree = json.loads(json.dumps(tree))
-    tree["seed"] = seed
-    tree["data"]["seed"] = seed
-    if tree.get("finetune"):
-        tree["finetune"]["seed"] = seed
-    if tree["baseline"].get("train"):
-        tree["baseline"]["train"]["seed"] = seed
-    return tree
-
-
 def _tag(spec: str) -> str:
     """A directory name for a model spec (``resnet56:width_mult=0.5`` -> ``resnet56-width_mult-0.5``)."""
     return re.sub(r"[^A-Za-z0-9_.]+", "-", spec).strip("-")
@@ -175,7 +160,7 @@ def _metrics(rep: dict) -> dict:
 def run_pair(args, base: dict, gmethod: dict, model: str, seed: int, command: str) -> list[dict]:
     """Every run of one (model, seed): baseline, gconv search / uniform G, magnitude at their params and latency,
     the heuristic ablation. One row per pruned run (or a skipped row with its reason)."""
-    tree = _seeded(base, seed)
+    tree = seeded(base, seed)
     root = Path(args.out) / _tag(model) / f"seed{seed}"
     print(f"[{model}, seed {seed}] baseline -> {root / 'baseline'}", flush=True)
     t0 = time.perf_counter()
@@ -290,20 +275,13 @@ def run_pair(args, base: dict, gmethod: dict, model: str, seed: int, command: st
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def _mean_std(xs: list[float | None]) -> tuple[float, float]:
-    a = np.asarray([x for x in xs if x is not None], dtype=np.float64)
-    if a.size == 0:
-        return float("nan"), float("nan")
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
-
-
 def compare(a: dict[int, float], b: dict[int, float], name_a: str, name_b: str) -> dict:
     """``a - b`` over seeds (``{seed: value}``): mean of each, paired difference, seed spread (the larger of the two
     standard deviations over seeds) and a verdict; a difference not larger than the spread is noise."""
     seeds = sorted(set(a) & set(b))
-    ma, sa = _mean_std([a[s] for s in seeds])
-    mb, sb = _mean_std([b[s] for s in seeds])
-    dm, ds = _mean_std([a[s] - b[s] for s in seeds])
+    ma, sa = mean_std([a[s] for s in seeds])
+    mb, sb = mean_std([b[s] for s in seeds])
+    dm, ds = mean_std([a[s] - b[s] for s in seeds])
     spread = max(sa, sb)
     if not seeds:
         verdict = "no data"
@@ -388,7 +366,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
             "targets_met": sum(bool(r.get("targets_met")) for r in done),
         }
         for f in FIELDS:
-            m, s = _mean_std([r.get(f) for r in done])
+            m, s = mean_std([r.get(f) for r in done])
             entry[f] = {"mean": m, "std": s}
         out.append(entry)
     return out
@@ -632,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PrunekitError(
                 f"{args.gconv_config} must configure method: gconv (it has {gcfg.method.name})"
             )
-        gmethod = _tree(gcfg)["method"]
+        gmethod = config_tree(gcfg)["method"]
         bases, models, setup = [], [], ["Setup:", ""]
         for path in args.configs:
             cfg = load_config(path, args.overrides)
@@ -640,10 +618,10 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.export.onnx = False  # the .onnx file is not used here; exporting it costs seconds per run
             if not cfg.export.latency:
                 raise PrunekitError(f"{path}: export.latency is off; the latency-matched runs need it")
-            tree = _tree(cfg)
+            tree = config_tree(cfg)
             tree["target"] = None
             if tree.get("finetune") is None:
-                tree["finetune"] = _tree(gcfg)["finetune"]
+                tree["finetune"] = config_tree(gcfg)["finetune"]
             if tree["finetune"] is None:
                 raise PrunekitError(f"neither {path} nor {args.gconv_config} has a finetune recipe")
             bases.append(tree)

@@ -30,13 +30,10 @@ import statistics
 import sys
 from pathlib import Path
 
+from _study import config_tree
 from prunekit.config import load_config, parse_config
 from prunekit.io import write_json, write_text
 from prunekit.pipeline import run
-
-
-def _tree(cfg) -> dict:
-    return json.loads(cfg.model_dump_json())
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -96,7 +93,7 @@ def main() -> None:
     timing: dict = {}
     for ratio in args.ratios:
         # ---- MetaPruning
-        tree = _tree(base_cfg)
+        tree = config_tree(base_cfg)
         tree["name"] = f"{base_cfg.name}-r{ratio}"
         tree["target"] = {"macs_ratio": ratio}
         d = out / f"metapruning-r{ratio}"
@@ -131,7 +128,7 @@ def main() -> None:
                 rep2 = run(parse_config(t2), d2, smoke=args.smoke, command=cmd).report
                 rows.append(_row("metapruning, init pruningnet", ratio, rep2))
         # ---- uniform, same budget from the spec's initialisation
-        ut = _tree(base_cfg)
+        ut = config_tree(base_cfg)
         ut["name"] = f"{base_cfg.name}-uniform-r{ratio}"
         ut["target"] = {"macs_ratio": ratio}
         ut["baseline"] = {"checkpoint": None, "train": None}

@@ -37,39 +37,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
+from _study import config_tree, mean_std, seeded
 from prunekit.config import load_config, parse_config
 from prunekit.io import write_json, write_text
 from prunekit.methods.multistage.schedules import stage_ratios
 from prunekit.pipeline import run, smoke_config, train_only
-
-
-def _tree(cfg: Any) -> dict:
-    return json.loads(cfg.model_dump_json())
-
-
-def _seeded(tree: dict, seed: int) -> dict:
-    tree = json.loads(json.dumps(tree))
-    tree["seed"] = seed
-    tree["data"]["seed"] = seed
-    for key in ("finetune",):
-        if tree.get(key):
-            tree[key]["seed"] = seed
-    if tree["baseline"].get("train"):
-        tree["baseline"]["train"]["seed"] = seed
-    if tree["method"].get("stage"):
-        tree["method"]["stage"]["seed"] = seed
-    return tree
-
-
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    a = np.asarray([x for x in xs if x is not None], dtype=np.float64)
-    if a.size == 0:
-        return float("nan"), float("nan")
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     schedule = sorted(set(stage_ratios(ms.schedule, max(ratios))) | set(ratios))
     stage_of = {r: schedule.index(r) + 1 for r in ratios}  # stages multistage needs to reach r
     out = Path(args.out)
-    base_tree = _tree(cfg)
+    base_tree = config_tree(cfg)
     rows: list[dict] = []
     t_all = time.perf_counter()
     for seed in args.seeds:
-        tree = _seeded(base_tree, seed)
+        tree = seeded(base_tree, seed)
         base_dir = out / f"seed{seed}" / "baseline"
         t0 = time.perf_counter()
         train_only(parse_config(tree), base_dir, smoke=args.smoke, overwrite=args.overwrite, command=command)
@@ -212,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             sel = [row for row in rows if row["ratio"] == r and row["method"] == method]
             if not sel:
                 continue
-            m, s = _mean_std([row["top1"] for row in sel])
-            b, _ = _mean_std([row["baseline_top1"] for row in sel])
-            lat, _ = _mean_std([row["latency_ms"] for row in sel])
+            m, s = mean_std([row["top1"] for row in sel])
+            b, _ = mean_std([row["baseline_top1"] for row in sel])
+            lat, _ = mean_std([row["latency_ms"] for row in sel])
             entry = {
                 "ratio": r,
                 "method": method,
