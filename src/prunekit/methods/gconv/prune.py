@@ -47,7 +47,7 @@ from prunekit.methods.gconv.groups import (
     table_choice,
     uniform_choice,
 )
-from prunekit.methods.gconv.permutation import SORT_ITERS, group_permutation
+from prunekit.methods.gconv.permutation import SORT_ITERS, GroupPermutation, group_permutation
 from prunekit.methods.gconv.search import SearchOutcome, max_cost_search
 from prunekit.nn import GatherConv
 from prunekit.space import ChannelSpace, Plan, apply, plan_from_widths
@@ -339,29 +339,16 @@ def run(ctx: MethodContext, cfg: GConvConfig) -> MethodResult:
         conv = pruned.get_submodule(n)
         shapes[n] = (int(conv.in_channels), int(conv.out_channels))
         cands[n] = rules.candidates(*shapes[n])
-    crit = _criteria(ctx, cfg, pruned, names)
-    perms: dict[str, dict[int, tuple[list[int], list[int], float]]] = {}
-    kept: dict[str, dict[int, float]] = {}
-    wanted = _wanted_groups(cfg, cands)
-    for n in names:
-        total = float(crit[n].sum()) or 1.0
-        perms[n], kept[n] = {}, {1: 1.0}
-        for g in wanted[n]:
-            if g == 1:
-                continue
-            gp = group_permutation(crit[n], g, cfg.heuristic, cfg.sort_iters)
-            perms[n][g] = (gp.perm_out, gp.perm_in, gp.kept)
-            kept[n][g] = gp.kept / total
+    perms = _Permutations(_criteria(ctx, cfg, pruned, names), cfg.heuristic, cfg.sort_iters)
+    # the search compares every candidate's kept mass; the other choices only need the chosen G's
+    kept = {n: {g: perms.kept_fraction(n, g) for g in cands[n]} for n in names} if cfg.search else {}
     choice, skipped, moves = _choose(ctx, cfg, base, cands, shapes, kept)
     plan = base.model_copy(deep=True)
     plan.meta = {**plan.meta, "method": "gconv"}
     for n, g in choice.items():
-        if g not in perms[n]:  # a table's G outside what was precomputed
-            gp = group_permutation(crit[n], g, cfg.heuristic, cfg.sort_iters)
-            perms[n][g] = (gp.perm_out, gp.perm_in, gp.kept)
-            kept[n][g] = gp.kept / (float(crit[n].sum()) or 1.0)
-        perm_out, perm_in, _ = perms[n][g]
-        plan.layers[n] = LayerChoice(conv_groups=g, perm_in=perm_in, perm_out=perm_out)
+        gp = perms.permutation(n, g)
+        plan.layers[n] = LayerChoice(conv_groups=g, perm_in=gp.perm_in, perm_out=gp.perm_out)
+    fractions = {n: perms.kept_fraction(n, choice.get(n, 1)) for n in names}
     plan.validate_against(space)
     model = apply(ctx.model, plan, space)
     if cfg.recovery == "scratch":
@@ -369,7 +356,7 @@ def run(ctx: MethodContext, cfg: GConvConfig) -> MethodResult:
     elif cfg.bn_batches and ctx.data is not None and getattr(ctx.data, "train", None) is not None:
         # dropping the off-block kernels shifts every regrouped conv's output: recompute the BN statistics
         recalibrate_bn(model, ctx.data.train, batches=cfg.bn_batches, device=ctx.device)
-    rows = _layer_rows(ctx, base, plan, names, shapes, cands, choice, kept)
+    rows = _layer_rows(ctx, base, plan, names, shapes, cands, choice, fractions)
     extra = {
         "choice": _choice_mode(cfg),
         "heuristic": cfg.heuristic,
@@ -378,7 +365,7 @@ def run(ctx: MethodContext, cfg: GConvConfig) -> MethodResult:
         "regrouped": len(choice),
         "regroupable": len(names),
         "skipped": skipped,
-        "mean_kept_fraction": float(np.mean([kept[n].get(choice.get(n, 1), 1.0) for n in names])),
+        "mean_kept_fraction": float(np.mean(list(fractions.values()))),
         "moves": moves,
         "channel_plan": cfg.channel_plan,
     }
@@ -394,13 +381,24 @@ def run(ctx: MethodContext, cfg: GConvConfig) -> MethodResult:
     return MethodResult(plan=plan, model=model, history=rows, extra=extra)
 
 
-def _wanted_groups(cfg: GConvConfig, cands: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Which G to compute permutations for: every candidate for a search, else only the ones a choice can pick."""
-    if cfg.search:
-        return cands
-    if cfg.groups is not None:
-        return {n: [g for g in c if g == cfg.groups] for n, c in cands.items()}
-    return {n: [] for n in cands}  # mcpg / table: computed for the chosen G below
+class _Permutations:
+    """Each layer's group-conv permutation per G (:func:`group_permutation` of its criterion), computed once on
+    first use, and the fraction of the criterion mass it keeps (1 at G = 1)."""
+
+    def __init__(self, criteria: dict[str, np.ndarray], heuristic: str, iters: int) -> None:
+        self.criteria, self.heuristic, self.iters = criteria, heuristic, iters
+        self._done: dict[tuple[str, int], GroupPermutation] = {}
+
+    def permutation(self, name: str, groups: int) -> GroupPermutation:
+        key = (name, groups)
+        if key not in self._done:
+            self._done[key] = group_permutation(self.criteria[name], groups, self.heuristic, self.iters)
+        return self._done[key]
+
+    def kept_fraction(self, name: str, groups: int) -> float:
+        if groups == 1:
+            return 1.0
+        return self.permutation(name, groups).kept / (float(self.criteria[name].sum()) or 1.0)
 
 
 def _choice_mode(cfg: GConvConfig) -> str:
@@ -413,7 +411,7 @@ def _choice_mode(cfg: GConvConfig) -> str:
     return f"search (cost per {cfg.search_cost})"
 
 
-def _layer_rows(ctx, base, plan, names, shapes, cands, choice, kept) -> list[dict]:
+def _layer_rows(ctx, base, plan, names, shapes, cands, choice, fractions) -> list[dict]:
     before = {r["name"]: r for r in ctx.cost.cost(base, per_layer=True).layers}
     after = {r["name"]: r for r in ctx.cost.cost(plan, per_layer=True).layers}
     return [
@@ -423,7 +421,7 @@ def _layer_rows(ctx, base, plan, names, shapes, cands, choice, kept) -> list[dic
             "c_out": shapes[n][1],
             "groups": choice.get(n, 1),
             "candidates": cands[n],
-            "kept_fraction": kept[n].get(choice.get(n, 1), 1.0),
+            "kept_fraction": fractions[n],
             "params_dense": int(before[n]["params"]),
             "params": int(after[n]["params"]),
         }
