@@ -135,7 +135,11 @@ class LatencyModel:
     ) -> dict[str, np.ndarray]:
         """Per conv / linear layer, predicted ms ``[N]`` for widths ``[N, G]`` (dict of ``[N]`` per layer name for
         densities / group counts; absent = dense / unchanged)."""
-        ci, co, g = self._channels(widths, groups)
+        return self._layer_ms(*self._channels(widths, groups), densities)
+
+    def _layer_ms(
+        self, ci: np.ndarray, co: np.ndarray, g: np.ndarray, densities: dict[str, np.ndarray] | None
+    ) -> dict[str, np.ndarray]:
         blocked = self._blocked(ci, co, g)
         out = {}
         for j, n in enumerate(self._rows):
@@ -221,7 +225,9 @@ class LatencyModel:
         layout transitions, the outputs of unblocked convs whose add and activation run as nodes of their own
         (:meth:`~prunekit.cost.ort_layout.OrtLayout.features`). Other runtimes: ``1``, the activation traffic of
         aligned and of unaligned layers."""
-        ci, co, g = self._channels(widths, groups)
+        return self._features(*self._channels(widths, groups))
+
+    def _features(self, ci: np.ndarray, co: np.ndarray, g: np.ndarray) -> np.ndarray:
         n = ci.shape[0]
         if self.layout is not None:
             f = self.layout.features(ci, co, g * self._base_groups)
@@ -240,10 +246,13 @@ class LatencyModel:
 
     def overhead_ms(self, widths: np.ndarray, groups: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """The table's overhead fit at ``widths`` ``[N, G]`` (zeros for a table without one), ms ``[N]``."""
+        return self._overhead_ms(*self._channels(widths, groups))
+
+    def _overhead_ms(self, ci: np.ndarray, co: np.ndarray, g: np.ndarray) -> np.ndarray:
         oh = self.table.overhead
         if oh is None:
-            return np.zeros(np.atleast_2d(widths).shape[0])
-        return self.features(widths, groups) @ np.asarray(oh.coef[str(self.batch_size)], dtype=np.float64)
+            return np.zeros(ci.shape[0])
+        return self._features(ci, co, g) @ np.asarray(oh.coef[str(self.batch_size)], dtype=np.float64)
 
     def batch(
         self,
@@ -251,10 +260,12 @@ class LatencyModel:
         densities: dict[str, np.ndarray] | None = None,
         groups: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """Predicted ms ``[N]`` for a population of widths ``[N, G]`` (vectorised)."""
-        layers = self.layer_ms(widths, densities, groups)
-        total = np.sum(list(layers.values()), axis=0) if layers else np.zeros(np.atleast_2d(widths).shape[0])
-        return total + self.overhead_ms(widths, groups)
+        """Predicted ms ``[N]`` for a population of widths ``[N, G]`` (vectorised; the channel counts are worked
+        out once for the layers and the overhead)."""
+        ci, co, g = self._channels(widths, groups)
+        layers = self._layer_ms(ci, co, g, densities)
+        total = np.sum(list(layers.values()), axis=0) if layers else np.zeros(ci.shape[0])
+        return total + self._overhead_ms(ci, co, g)
 
     def __call__(self, widths: np.ndarray) -> float:
         """Predicted ms of one width vector ``[G]`` (the :class:`~prunekit.cost.budget.LatencyFn` call)."""
