@@ -180,18 +180,19 @@ def eval_(
     deepsparse_python: DeepSparseOpt = None,
 ) -> None:
     """Measure random plans of MODEL end to end in the table's runtime and compare with its predictions."""
-    from prunekit.cost.lut import load_table
+    from prunekit.cost.lut import check_machine, load_table
     from prunekit.cost.lut_eval import evaluate, random_plans
     from prunekit.cost.predict import LatencyModel
     from prunekit.io import write_json
     from prunekit.space import ChannelSpace
 
-    peek = load_table(lut, allow_mismatch=True)
-    runtime = str(peek.machine.get("runtime", "ort"))
+    table = load_table(lut, allow_mismatch=True)
+    runtime = str(table.machine.get("runtime", "ort"))
     _reexec_with_malloc_tunables(runtime)
     if runtime == "deepsparse":
-        _use_deepsparse(deepsparse_python)
-    table = load_table(lut, runtime=runtime, threads=threads, allow_mismatch=allow_mismatch)
+        _use_deepsparse(deepsparse_python)  # the signature check asks DeepSparse for its version
+    if not allow_mismatch:
+        check_machine(table, lut, runtime=runtime, threads=threads)
     net, shape = _build(model, input_size, in_chans, num_classes)
     space = ChannelSpace.build(net.eval(), shape, quiet=True)
     lm = LatencyModel(table, space, batch=batch)

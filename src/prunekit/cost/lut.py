@@ -164,14 +164,26 @@ def load_table(
             f"latency table {path} is incomplete (a build was interrupted); run the build again"
         )
     if not allow_mismatch:
-        here = machine_signature(runtime or table.machine["runtime"], threads or table.machine["threads"])
-        for key in ("runtime", "version", "threads", "cpu", "isa"):
-            if here.get(key) != table.machine.get(key):
-                raise PrunekitError(
-                    f"latency table {path} was measured with {key} {table.machine.get(key)!r}, this machine has "
-                    f"{here.get(key)!r}; build a table here (prunekit lut build) or pass allow_mismatch"
-                )
+        check_machine(table, path, runtime=runtime, threads=threads)
     return table
+
+
+def check_machine(
+    table: LatencyTable, path: str | Path, *, runtime: str | None = None, threads: int | None = None
+) -> None:
+    """Refuse ``table`` (read from ``path``) when its runtime and version, thread count, CPU model or ISA differ
+    from this machine's (``runtime`` / ``threads``: what the caller will run; default the table's own).
+
+    Raises:
+        PrunekitError: one line naming the first difference.
+    """
+    here = machine_signature(runtime or table.machine["runtime"], threads or table.machine["threads"])
+    for key in ("runtime", "version", "threads", "cpu", "isa"):
+        if here.get(key) != table.machine.get(key):
+            raise PrunekitError(
+                f"latency table {path} was measured with {key} {table.machine.get(key)!r}, this machine has "
+                f"{here.get(key)!r}; build a table here (prunekit lut build) or pass allow_mismatch"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- layer facts
