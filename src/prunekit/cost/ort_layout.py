@@ -41,6 +41,10 @@ def _blocked_probe(c_mid: int, block: int, depthwise: bool = False) -> bool:
     """Does ONNX Runtime block the second conv of ``conv(2B -> c_mid) -> conv(c_mid -> B)`` (or the depthwise conv
     of ``conv(2B -> c_mid) -> dwconv(c_mid)``)? Builds the two-node graph, lets ONNX Runtime optimise it, reads
     the node domains."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -69,11 +73,6 @@ def _blocked_probe(c_mid: int, block: int, depthwise: bool = False) -> bool:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    import tempfile
-    from pathlib import Path
-
-    import onnx
-
     with tempfile.TemporaryDirectory(prefix="prunekit-nchwc-") as tmp:
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
