@@ -73,7 +73,7 @@ def _speed(model: str, size: int, lut: Path, n: int = 4000) -> float:
     return n / best
 
 
-def run_case(tag: str, case: dict, weights: bool, recalibrate: bool = False) -> dict:
+def run_case(tag: str, case: dict, weights: bool, recalibrate: bool = False, rounds: int = 3) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     lut = OUT / f"{tag}.lut.json"
     if recalibrate and lut.is_file():  # keep the layer grids, measure the overhead and the evals again
@@ -106,6 +106,8 @@ def run_case(tag: str, case: dict, weights: bool, recalibrate: bool = False) -> 
                     str(b),
                     "--plans",
                     str(case["plans"]),
+                    "--rounds",
+                    str(rounds),
                     *extra,
                     "--out",
                     str(ev),
@@ -144,12 +146,15 @@ def main() -> None:
         action="store_true",
         help="keep the layer grids; re-measure the overhead and the evals",
     )
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timing rounds of the evals (default 3)"
+    )
     args = ap.parse_args()
     rows = []
     summary = OUT / "summary.json"
     old = {r["tag"]: r for r in json.loads(summary.read_text())} if summary.is_file() else {}
     for tag in args.cases.split(","):
-        rows.append(run_case(tag, CASES[tag], args.weights, args.recalibrate))
+        rows.append(run_case(tag, CASES[tag], args.weights, args.recalibrate, args.rounds))
         old[tag] = rows[-1]
         summary.write_text(json.dumps(list(old.values()), indent=1) + "\n")
         (OUT / "summary.md").write_text(_markdown(list(old.values())))

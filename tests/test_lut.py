@@ -240,7 +240,8 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 @pytest.mark.skipif(not FMNIST.is_file(), reason="apt-get install dataset-fashion-mnist")
 def test_latency_ratio_target_predicted_from_a_table_end_to_end(tmp_path, capsys, monkeypatch):
-    """`prunekit run` with target {latency_ratio, latency_lut}: uniform bisects on predicted latency; the report
+    """`prunekit run` with target {latency_ratio, latency_lut} and round_to: lut: uniform bisects on predicted latency
+    (unrounded widths, then snapped where the table says rounding up is free); the report
     shows asked, the prediction and the final measurement (full width: at width 0.5 the 8-channel first stage is
     already ONNX Runtime's smallest block, and a 1-channel plan is not much faster)."""
     monkeypatch.setenv("PRUNEKIT_NO_PROGRESS", "1")
@@ -253,7 +254,7 @@ def test_latency_ratio_target_predicted_from_a_table_end_to_end(tmp_path, capsys
         "data": {"name": "fashion_mnist", "subset_train": 300, "subset_val": 100, "subset_test": 200},
         "baseline": {"train": {"epochs": 1, "lr": 0.1}},
         "target": {"latency_ratio": 0.6, "latency_lut": str(lut)},
-        "method": {"name": "uniform"},
+        "method": {"name": "uniform", "round_to": "lut"},  # the table also decides the rounding
         "finetune": {"epochs": 1, "lr": 0.05},
         "export": {"latency_batch": 4},
     }
@@ -269,6 +270,7 @@ def test_latency_ratio_target_predicted_from_a_table_end_to_end(tmp_path, capsys
         ChannelSpace.build(create_model(spec), (1, 1, 28, 28)).channels
     ) * (1 + 1e-9)
     assert report["pruned"]["macs"] < report["baseline"]["macs"]
+    assert report["method"]["resolved"] == {"round_to": "lut (latency table)"}
     assert "predicted" in (out / "report.md").read_text()
 
 

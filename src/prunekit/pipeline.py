@@ -485,7 +485,9 @@ class _Run:
 def _resolved(method_cfg: Any) -> dict:
     """Config values resolved on this machine (``round_to: auto`` -> the channel multiple), for the report."""
     rt = getattr(method_cfg, "round_to", None)
-    return {"resolved": {"round_to": resolve_round_to(rt)}} if rt is not None else {}
+    if rt is None:
+        return {}
+    return {"resolved": {"round_to": "lut (latency table)" if rt == "lut" else resolve_round_to(rt)}}
 
 
 def _side(metrics: dict, cost: Any, nparams: int, latency: dict) -> dict:

@@ -367,5 +367,8 @@ def channel_multiple() -> int:
 
 
 def resolve_round_to(value: int | str) -> int:
-    """``"auto"`` -> :func:`channel_multiple`; an int is returned unchanged."""
+    """``"auto"`` -> :func:`channel_multiple`; ``"lut"`` -> 1 (widths are fitted unrounded, then the latency table
+    decides each group's rounding: :func:`prunekit.search.snap.snap_to_table`); an int is returned unchanged."""
+    if value == "lut":
+        return 1
     return channel_multiple() if value == "auto" else int(value)

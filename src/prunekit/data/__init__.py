@@ -217,12 +217,14 @@ class DataBundle:
         epoch: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        indices: np.ndarray | None = None,
     ) -> Loader:
         """A fresh loader over ``split`` with explicit options, e.g. an unaugmented ordered pass over the
         train pool for calibration / BN statistics: ``bundle.make_loader("train", batch_size=64)``.
 
         ``batch_size`` defaults to ``eval_batch_size`` (``batch_size`` if ``augment``). ``augment`` uses the
-        config's crop/flip (imagefolder: random-resized-crop instead of resize + center crop).
+        config's crop/flip (imagefolder: random-resized-crop instead of resize + center crop). ``indices``
+        restricts the loader to those samples of the split (e.g. :func:`~prunekit.data.splits.proxy_split`).
 
         Raises:
             PrunekitError: unknown split, or ``val`` when ``val_fraction == 0``.
@@ -236,6 +238,8 @@ class DataBundle:
         norm = Normalize(self.mean, self.std)
         if cfg.name == "imagefolder":
             paths, labels = self._splits[split]
+            if indices is not None:
+                paths, labels = [paths[int(i)] for i in indices], labels[indices]
             ds = ImageFolderDataset(
                 paths, labels, self.input_size, train=augment, hflip=cfg.resolved_hflip, seed=cfg.seed
             )
@@ -252,6 +256,9 @@ class DataBundle:
             )
         else:
             images, labels = self._splits[split]
+            if indices is not None:
+                sel = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+                images, labels = images[sel], labels[sel]
             aug = BatchAugment(cfg.resolved_crop_padding, cfg.resolved_hflip) if augment else None
             loader = TensorLoader(
                 images,
@@ -267,6 +274,13 @@ class DataBundle:
             )
         loader.set_epoch(epoch)
         return loader
+
+    def split_labels(self, split: Literal["train", "val", "test"]) -> np.ndarray:
+        """The int64 labels of ``split``'s samples, in the split's order (what ``indices`` of :meth:`make_loader`
+        index)."""
+        if split not in self._splits:
+            raise PrunekitError(f"no {split!r} split (have: {', '.join(self._splits)})")
+        return np.asarray(self._splits[split][1], dtype=np.int64)
 
     def summary(self) -> str:
         """One line describing the splits, e.g. for logs."""

@@ -22,6 +22,7 @@ STREAM_SUBSET_TRAIN = 2
 STREAM_SUBSET_VAL = 3
 STREAM_SUBSET_TEST = 4
 STREAM_FIXED_TEST = 5
+STREAM_PROXY = 6
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +139,48 @@ def select_classes(
         missing = [c for i, c in enumerate(classes) if i not in set(present.tolist())]
         raise PrunekitError(f"classes {missing} have no samples in {dataset}: remove them from `classes`")
     return idx, new[idx]
+
+
+def proxy_split(
+    labels: np.ndarray | torch.Tensor | Sequence[int],
+    *,
+    classes: int | None,
+    train_per_class: int,
+    val_per_class: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded per-class proxy split of a training set: ``classes`` random classes (None = all), and in each
+    ``train_per_class`` training and ``val_per_class`` validation samples, disjoint (JCW's ImageNet proxy is
+    100 classes x 500 / 50 images, drawn without a seed in the original; here the same ``seed`` gives the same split).
+
+    Returns:
+        ``(train, val)``: sorted ``int64`` indices into ``labels`` (labels are not changed).
+
+    Raises:
+        PrunekitError: more classes asked than exist, a count below 1, or a chosen class with fewer than
+            ``train_per_class + val_per_class`` samples (the message gives the smallest class size).
+    """
+    lab = _as_numpy(labels)
+    present = np.unique(lab)
+    n_cls = len(present) if classes is None else int(classes)
+    if not 1 <= n_cls <= len(present) or train_per_class < 1 or val_per_class < 1:
+        raise PrunekitError(
+            f"proxy split: need 1 <= classes <= {len(present)} and per-class counts >= 1, got classes={classes}, "
+            f"train_per_class={train_per_class}, val_per_class={val_per_class}"
+        )
+    rng = np.random.default_rng([seed, STREAM_PROXY])
+    chosen = np.sort(rng.choice(present, size=n_cls, replace=False))
+    need = train_per_class + val_per_class
+    train, val = [], []
+    for c in chosen:
+        idx = np.flatnonzero(lab == c)
+        if len(idx) < need:
+            smallest = min(int((lab == k).sum()) for k in chosen)
+            raise PrunekitError(
+                f"proxy split: class {int(c)} has {len(idx)} samples, fewer than train_per_class + val_per_class "
+                f"= {need} (smallest chosen class: {smallest}); lower the per-class counts"
+            )
+        pick = rng.permutation(idx)[:need]
+        train.append(pick[:train_per_class])
+        val.append(pick[train_per_class:])
+    return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(val)).astype(np.int64)

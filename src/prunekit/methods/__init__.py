@@ -42,6 +42,8 @@ _METHOD_MODULES: tuple[str, ...] = (
     "prunekit.methods.scratch",
     "prunekit.methods.metapruning",
     "prunekit.methods.gconv",
+    "prunekit.methods.jcw",
+    "prunekit.methods.plan",
 )
 
 

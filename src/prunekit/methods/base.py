@@ -116,8 +116,30 @@ def require_train(ctx: MethodContext, method: str) -> Callable[..., Any]:
     return ctx.train
 
 
+def fresh_model(ctx: MethodContext) -> nn.Module:
+    """A freshly initialised network of the run's architecture: the model spec's own initialisation, seeded with
+    the run's seed (as the pipeline builds its model), or a copy of ``ctx.model`` with every layer's
+    ``reset_parameters()`` when the spec cannot be built. For methods that train a pruned net from scratch."""
+    import copy
+
+    import torch
+
+    from prunekit.models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        try:
+            return create_model(ctx.spec)
+        except PrunekitError:
+            model = copy.deepcopy(ctx.model)
+            for m in model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+            return model
+
+
 def _round_to(value: int | str) -> int | str:
-    if value != "auto" and int(value) < 1:
+    if value not in ("auto", "lut") and int(value) < 1:
         raise ValueError("round_to must be >= 1 or 'auto'")
     return value
 
@@ -127,6 +149,11 @@ RoundTo = Annotated[int | Literal["auto"], AfterValidator(_round_to)]
 run without padding waste (:func:`prunekit.cost.latency.channel_multiple`: 16 on AVX-512, else 8). ``"auto"`` stays
 ``"auto"`` in the config (so the same YAML hashes, and a copied run resumes, on any machine); methods resolve it
 with :func:`prunekit.cost.latency.resolve_round_to` when they run, and the report records the resolved value."""
+
+TableRoundTo = Annotated[int | Literal["auto", "lut"], AfterValidator(_round_to)]
+""":data:`RoundTo` plus ``"lut"``, for the methods that fit widths to a budget directly (``uniform``,
+``magnitude``): the widths are chosen unrounded and then :func:`prunekit.search.snap.snap_to_table` lets the run's
+latency table (``target.latency_lut``) decide, per group, whether rounding up to the channel block is free."""
 
 
 def _known_importance(name: str) -> str:

@@ -54,11 +54,12 @@ from prunekit.methods.base import (
     ImportanceName,
     MethodContext,
     MethodResult,
-    RoundTo,
+    TableRoundTo,
     TagList,
     require_budget,
 )
 from prunekit.search.fit import min_widths, prune_to_target, require_reachable
+from prunekit.search.snap import require_table
 from prunekit.space import ChannelSpace, Plan, apply, build_masks, mask
 from prunekit.train.masking import MaskCallback
 
@@ -77,7 +78,9 @@ class MagnitudeConfig(BaseModel):
         name: ``"magnitude"`` (the discriminator in run configs).
         importance: criterion name in :data:`prunekit.importance.CRITERIA` (default ``l1``, Li et al. §3.1).
         ranking: ``global`` (normalised scores ranked across groups) or ``per_layer`` (same ratio everywhere).
-        round_to: kept channels rounded to a multiple of this; 1 = no rounding.
+        round_to: kept channels rounded to a multiple of this; 1 = no rounding; ``auto`` = this CPU's ONNX Runtime
+            channel block; ``lut`` = fitted unrounded, then each group rounded up only where the latency table
+            (``target.latency_lut``) predicts it free (:func:`~prunekit.search.snap.snap_to_table`).
         min_channels: every pruned group keeps at least this many channels.
         steps: number of prune steps (1 = one-shot; > 1 = iterative with finetuning between steps).
         step_epochs: finetune epochs between iterative steps (fractional allowed; 0 = no finetuning).
@@ -89,7 +92,7 @@ class MagnitudeConfig(BaseModel):
     name: Literal["magnitude"] = "magnitude"
     importance: ImportanceName = "l1"
     ranking: Literal["global", "per_layer"] = "global"
-    round_to: RoundTo = 1
+    round_to: TableRoundTo = 1
     min_channels: int = Field(1, ge=1)
     steps: int = Field(1, ge=1)
     step_epochs: float = Field(1.0, ge=0)
@@ -216,6 +219,8 @@ def run(ctx: MethodContext, cfg: MagnitudeConfig) -> MethodResult:
     space, cm = ctx.space, ctx.cost
     budget = require_budget(ctx, "magnitude")
     round_to = resolve_round_to(cfg.round_to)
+    if cfg.round_to == "lut":
+        require_table(budget, "magnitude")
     protected = {g.name for g in space.groups if g.tags & set(cfg.protect)}
     prunable = [g.name for g in space.groups if g.name not in protected]
     base = cm.cost()
@@ -236,6 +241,7 @@ def run(ctx: MethodContext, cfg: MagnitudeConfig) -> MethodResult:
         "round_to": round_to,
         "min_channels": cfg.min_channels,
         "spec": ctx.spec,
+        "snap": cfg.round_to == "lut",
     }
 
     work: nn.Module = ctx.model

@@ -73,7 +73,14 @@ from prunekit.cost.budget import Budget
 from prunekit.cost.latency import resolve_round_to
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_target, require_train
+from prunekit.methods.base import (
+    MethodContext,
+    MethodResult,
+    RoundTo,
+    fresh_model,
+    require_target,
+    require_train,
+)
 from prunekit.search.base import Searcher, SearchResult, run_search
 from prunekit.search.encoding import GeneEncoding, WidthGenes
 from prunekit.search.evolution import EvolutionConfig, GeneticSearch
@@ -373,25 +380,6 @@ def _smoke_config(cfg: MetaPruningConfig) -> MetaPruningConfig:
     )
 
 
-def _fresh_model(ctx: MethodContext) -> nn.Module:
-    """The model spec's own initialisation (seeded with the run's seed, as the pipeline builds its model), or a
-    copy of ``ctx.model`` with every layer's ``reset_parameters()`` when the spec cannot be built."""
-    from prunekit.models import create_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed)
-        try:
-            return create_model(ctx.spec)
-        except PrunekitError:
-            import copy
-
-            model = copy.deepcopy(ctx.model)
-            for m in model.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
-            return model
-
-
 def _recal_loader(ctx: MethodContext, batch_size: int | None) -> Any:
     data = ctx.data
     if hasattr(data, "make_loader"):
@@ -442,7 +430,7 @@ class _PruningNetPhase:
 def _train_pruningnet(ctx: MethodContext, cfg: MetaPruningConfig, enc: GeneEncoding) -> _PruningNetPhase:
     """Phase 1: build the PruningNet on the reference architecture and train it on random encodings."""
     t0 = time.perf_counter()
-    reference = ctx.model if cfg.pruningnet_init == "model" else _fresh_model(ctx)
+    reference = ctx.model if cfg.pruningnet_init == "model" else fresh_model(ctx)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)
         pnet = PruningNet(
@@ -572,7 +560,7 @@ def _final_network(
         model, _ = pnet.subnet(widths)
         model.train()
     else:
-        model = apply(_fresh_model(ctx), plan, ctx.space)
+        model = apply(fresh_model(ctx), plan, ctx.space)
     init_val = None
     if cfg.final_train is not None:
         if cfg.init == "pruningnet":

@@ -23,8 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prunekit import importance as _importance
 from prunekit.cost.latency import resolve_round_to
-from prunekit.methods.base import MethodContext, MethodResult, RoundTo, require_budget
+from prunekit.methods.base import MethodContext, MethodResult, TableRoundTo, require_budget
 from prunekit.search.fit import fit_uniform, require_reachable
+from prunekit.search.snap import require_table, snap_to_table
 from prunekit.space import apply, plan_from_widths
 from prunekit.space.widths import uniform_widths
 
@@ -44,14 +45,17 @@ class UniformConfig(BaseModel):
         importance: ``"first"`` keeps the first ``k`` channels of each group; any criterion name of
             :data:`prunekit.importance.CRITERIA` (``l1``, ``l2``, ``bn_scale``, ``l1_bn``, ``random``) keeps the
             top-``k`` by that criterion on ``ctx.model``.
-        round_to: kept channels are rounded to a multiple of this (hardware-friendly widths); 1 = no rounding.
+        round_to: kept channels are rounded to a multiple of this (hardware-friendly widths); 1 = no rounding;
+            ``auto`` = this CPU's ONNX Runtime channel block; ``lut`` = fitted unrounded, then each group rounded up
+            only where the latency table (``target.latency_lut``) predicts it free
+            (:func:`~prunekit.search.snap.snap_to_table`).
         min_channels: every group keeps at least this many channels (or all of them when it has fewer).
     """
 
     model_config = ConfigDict(extra="forbid")
     name: Literal["uniform"] = "uniform"
     importance: str = "first"
-    round_to: RoundTo = 1
+    round_to: TableRoundTo = 1
     min_channels: int = Field(1, ge=1)
 
     @field_validator("importance")
@@ -87,12 +91,19 @@ def run(ctx: MethodContext, cfg: UniformConfig) -> MethodResult:
     space, cm = ctx.space, ctx.cost
     budget = require_budget(ctx, "uniform")
     round_to = resolve_round_to(cfg.round_to)
+    if cfg.round_to == "lut":
+        require_table(budget, "uniform")
     smallest = uniform_widths(space, 0.0, round_to=round_to, min_channels=cfg.min_channels)
     require_reachable(budget, smallest, who="uniform", round_to=round_to, min_channels=cfg.min_channels)
     mult, widths = fit_uniform(space, cm, budget, round_to=round_to, min_channels=cfg.min_channels)
+    snapped: dict[str, tuple[int, int]] = {}
+    if cfg.round_to == "lut":
+        widths, snapped = snap_to_table(space, widths, budget, who="uniform")
     crit = None if cfg.importance == "first" else _importance.get(cfg.importance)
     plan = plan_from_widths(space, widths, model=ctx.model, importance=crit, spec=ctx.spec)
     plan.meta.update({"method": "uniform", "width_mult": mult, "importance": cfg.importance})
+    if cfg.round_to == "lut":
+        plan.meta["snapped"] = {k: list(v) for k, v in snapped.items()}
     cost, base = cm.cost(plan), cm.cost()
     log.info(
         "uniform: width multiplier %.4f -> %s (budget %s)", mult, budget.metrics(widths), budget.describe()
@@ -108,5 +119,6 @@ def run(ctx: MethodContext, cfg: UniformConfig) -> MethodResult:
             "macs": cost.macs,
             "base_macs": base.macs,
             "budget": budget.metrics(widths),
+            **({"snapped_groups": len(snapped)} if cfg.round_to == "lut" else {}),
         },
     )

@@ -369,6 +369,50 @@ def _group_convs(r: Mapping) -> list[str]:
     return lines + ["", "![conv groups per layer](groups.png)", ""]
 
 
+def _front(r: Mapping) -> list[str]:
+    """A multi-objective search's front (JCW: ``extra.front``, one row per member plan file) and the member the run
+    deployed (``extra.member.index``)."""
+    extra = _dict(r.get("extra"))
+    front = [m for m in _list(extra.get("front")) if isinstance(m, Mapping)]
+    if not front:
+        return []
+    chosen = _dict(extra.get("member")).get("index")
+    rows = [
+        [
+            ("**" + str(m.get("member")) + "**") if m.get("member") == chosen else str(m.get("member", DASH)),
+            f"`front/{m.get('file')}`" if m.get("file") else DASH,
+            fmt_ms(m.get("predicted_ms")),
+            _fmt_value("proxy_loss", m.get("proxy_loss")),
+            fmt_macs(m.get("macs")),
+            fmt_macs(m.get("effective_macs")),
+            fmt_params(m.get("params")),
+            fmt_pct(m.get("mean_width_ratio"), 1),
+            fmt_pct(m.get("mean_density"), 1),
+        ]
+        for m in front
+    ]
+    headers = [
+        "member",
+        "plan",
+        "predicted ms (b1)",
+        "proxy loss",
+        "MACs",
+        "effective MACs",
+        "params",
+        "mean width",
+        "mean density",
+    ]
+    lines = ["## Front", ""]
+    lines.append(
+        f"{len(front)} non-dominated members (proxy loss vs predicted latency); "
+        + (f"member {chosen} (bold) was trained and measured above. " if chosen is not None else "")
+        + "Train any other with `method: {name: plan, plan: RUN/front/member-<i>.json}`."
+    )
+    lines += [""] + _table(headers, rows, ["r", "l", "r", "r", "r", "r", "r", "r", "r"]) + [""]
+    fig = _dict(extra.get("figures")).get("front")
+    return lines + ([f"![front]({fig})", ""] if fig else [])
+
+
 def _block(b: Any) -> str:
     """A block shape ``(4, 1)`` as ``4×1``; missing -> "–"."""
     if isinstance(b, list | tuple):
@@ -467,6 +511,7 @@ _SECTIONS: tuple[Callable[[Mapping], list[str]], ...] = (
     _groups,
     _layers,
     _group_convs,
+    _front,
     _method_history,
     _points,
     _method_details,

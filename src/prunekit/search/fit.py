@@ -21,6 +21,7 @@ from prunekit.cost.budget import Budget
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError
 from prunekit.search.bisect import bisect_monotone
+from prunekit.search.snap import snap_to_table
 from prunekit.space import ChannelGroup, ChannelSpace, GroupChoice, Plan
 from prunekit.space.widths import legal_width, select_channels, uniform_widths
 
@@ -187,6 +188,7 @@ def prune_to_target(
     min_channels: int = 1,
     spec: str | None = None,
     who: str = "magnitude",
+    snap: bool = False,
 ) -> Plan:
     """The largest plan within ``target`` (a :class:`Budget`, or a MACs limit) that removes the lowest-scored
     channels.
@@ -207,6 +209,9 @@ def prune_to_target(
         protected: group names never pruned further.
         round_to, min_channels: rounding / floor of every kept count (see :func:`legal_width`).
         spec: model spec stored in the plan. who: the method named in an unreachable-target error.
+        snap: ``round_to: lut`` -- after fitting (unrounded), each unprotected group is rounded up where the budget's
+            latency table predicts it free (:func:`prunekit.search.snap.snap_to_table`; never beyond the alive
+            channels); ``plan.meta["snapped"]`` lists the groups raised.
 
     Returns:
         a :class:`Plan` over ``space`` (every pruned channel, earlier steps' included), within the budget.
@@ -248,8 +253,14 @@ def prune_to_target(
         info = {"removed_by_threshold": removed}
     else:
         raise ValueError(f"ranking must be 'global' or 'per_layer', got {ranking!r}")
+    snapped: dict[str, tuple[int, int]] = {}
+    if snap:
+        frozen = [i for i, g in enumerate(groups) if g.name in protected]
+        widths, snapped = snap_to_table(space, widths, budget, cap=n_alive, frozen=frozen, who=who)
     plan = _plan_from_widths_and_scores(space, widths, masked, alive, spec)
     plan.meta.update(info)
+    if snap:
+        plan.meta["snapped"] = {k: list(v) for k, v in snapped.items()}
     return plan
 
 

@@ -59,6 +59,55 @@ class GeneBounds:
         """Uniform crossover: each gene from ``a`` or ``b`` (``[N, G]`` each) with probability 1/2."""
         return np.where(rng.random(a.shape) < 0.5, a, b).astype(np.int64)
 
+    def sbx(
+        self, rng: np.random.Generator, a: np.ndarray, b: np.ndarray, *, eta: float, prob: float
+    ) -> np.ndarray:
+        """Simulated binary crossover (Deb & Agrawal, Complex Systems 9, 1995; pymoo's bounded ``cross_sbx``) of the
+        pairs ``a[i], b[i]`` (``[N, G]`` each) on the gene indices: each gene crosses with probability ``prob``
+        (distribution index ``eta``), the two children swap it with probability 1/2; children are rounded to the
+        nearest index (for a uniform choice grid, JCW's snapping to ``candidate_list``) and clipped to the bounds.
+
+        Returns:
+            int64 ``[2N, G]``: the first children, then the second.
+        """
+        from pymoo.operators.crossover.sbx import cross_sbx
+
+        n = len(a)
+        if n == 0:
+            return np.zeros((0, self.size), dtype=np.int64)
+        X = np.stack([np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)])
+        lo, hi = self.low.astype(np.float64), self.high.astype(np.float64)
+        Q = cross_sbx(
+            X,
+            lo,
+            hi,
+            np.full((n, 1), float(eta)),
+            np.full((n, 1), float(prob)),
+            np.full((n, 1), 0.5),
+            random_state=rng,
+        )
+        return self._snap(Q.reshape(2 * n, self.size))
+
+    def polynomial(
+        self, rng: np.random.Generator, genes: np.ndarray, *, eta: float, prob: float
+    ) -> np.ndarray:
+        """Polynomial mutation (Deb & Goyal 1996; pymoo's ``mut_pm``) of each row of ``genes`` ``[N, G]``: every gene
+        with ``low < high`` mutates with probability ``prob`` (distribution index ``eta``), then is rounded to the
+        nearest index and clipped (JCW's ``PLM`` + ``find_nearest`` + clip)."""
+        from pymoo.operators.mutation.pm import mut_pm
+
+        g = np.asarray(genes, dtype=np.float64).reshape(-1, self.size)
+        if len(g) == 0:
+            return g.astype(np.int64)
+        lo, hi = self.low.astype(np.float64), self.high.astype(np.float64)
+        out = mut_pm(
+            g, lo, hi, np.full(len(g), float(eta)), np.full(len(g), float(prob)), False, random_state=rng
+        )
+        return self._snap(out)
+
+    def _snap(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(x), self.low, self.high).astype(np.int64)
+
 
 def new_rng(seed: int) -> np.random.Generator:
     """The searchers' Generator: PCG64 seeded with ``seed`` (its state round-trips through :func:`rng_state`)."""

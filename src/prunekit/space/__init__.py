@@ -10,6 +10,7 @@ from prunekit.space.plan import (
     legal_conv_groups,
     plan_from_ratio,
     plan_from_widths,
+    without_densities,
 )
 from prunekit.space.realise import apply, apply_with_masks, build_masks, density_masks, mask, rebuild
 from prunekit.space.widths import legal_width, round_width, select_channels, uniform_widths
@@ -34,6 +35,7 @@ __all__ = [
     "mask",
     "plan_from_ratio",
     "plan_from_widths",
+    "without_densities",
     "rebuild",
     "round_width",
     "select_channels",

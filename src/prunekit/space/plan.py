@@ -234,6 +234,17 @@ class Plan(BaseModel):
             _validate_layer(space, name, lc, self.layer_widths(space, name, removed))
 
 
+def without_densities(plan: Plan) -> Plan:
+    """A copy of ``plan`` with every weight density removed (channels, conv groups and permutations kept): the
+    dense network a sparse plan's ADMM training starts from."""
+    layers = {}
+    for name, lc in plan.layers.items():
+        rest = lc.model_copy(update={"density": None, "block": None, "criterion": None})
+        if rest != LayerChoice():
+            layers[name] = rest
+    return plan.model_copy(update={"layers": layers}, deep=True)
+
+
 def takes_density(s: LayerShape) -> bool:
     """A layer can take a block weight density: a conv or linear, not depthwise (JCW leaves those dense), not a
     transposed conv (its weight is ``[C_in, C_out, k...]``)."""

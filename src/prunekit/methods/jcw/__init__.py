@@ -1,0 +1,343 @@
+"""``jcw``: joint channel and weight pruning -- one multi-objective search, a Pareto front of models, ADMM training.
+
+Zhao et al., "Joint Channel and Weight Pruning for Model Acceleration on Mobile Devices" (2021; seed
+``emo_search.py``, ``train.py``), for any model a :class:`~prunekit.space.ChannelSpace` covers:
+
+1. **Encoding** (:class:`~prunekit.search.encoding.GeneEncoding`): per channel group a width ratio (grid 0.1 ...
+   1.0, channels ``ceil((C // g) * r) * g`` clamped to ``[g, C]``, ``group_size`` g = 4 or ``auto`` = the runtime's
+   channel block), per conv a weight density (grid 0.1 ... 1.0; ``wp_uniform``: one shared), bounds per tag (JCW's
+   defaults; a gene's lower bound is the max of the bounds that apply -- the strided bound included, which the
+   seed's MobileNetV2 code ignores). ``channels: false`` fixes every width at 1 (a weight-only search),
+   ``weights: false`` drops the densities (a channel-only search).
+2. **Search** (:mod:`prunekit.methods.jcw.search`): a weight-sharing supernet (first-k channels + block-sparse
+   masks) trained on a seeded per-class proxy split of the training data; objectives (proxy validation loss after
+   BN recalibration, latency predicted by a latency table, :mod:`prunekit.cost.predict`); NSGA-II with the seed's
+   operators and its target-latency selection (:meth:`~prunekit.search.nsga2.NSGA2Config.jcw`). Checkpointed every
+   generation.
+3. **Front** (:mod:`prunekit.methods.jcw.front`): ``<out>/front/member-{i}.json`` plans, ``front.json``,
+   ``jcw/front.png``.
+4. **The deployed member**: the front member with the lowest proxy loss that meets the run's budget (latency
+   constraints checked on the table's prediction; the pipeline measures the result), trained as the seed's
+   SparseTrainer does: REGULAR (the channel-pruned dense net from scratch), ADMM toward the member's block-sparse
+   densities (:class:`~prunekit.train.admm.ADMMCallback`), FT (masks fixed by block L2, masked finetune). A phase
+   whose recipe is ``null`` is skipped (``regular: null`` starts from the supernet's weights).
+
+The latency table is ``latency_lut`` (or the run's ``target.latency_lut``), built with ``prunekit lut build`` for
+this model and machine (``--runtime deepsparse`` for a runtime where density buys time); without one, an ONNX
+Runtime table (one thread, batch 1, ``lut_points`` per channel axis) is built into ``<out>/jcw/lut.json`` first. On ONNX Runtime density
+buys nothing (the table shows it), and the search is expected to learn that.
+
+Config (YAML)::
+
+    target: {latency_ratio: 0.5, latency_lut: r20.lut.json}
+    method:
+      name: jcw
+      group_size: 4
+      proxy: {classes: null, train_per_class: 300, val_per_class: 50}
+      supernet: {cns: {epochs: 2, lr: 0.1}, wp: {epochs: 3, lr: 0.1}, mode: finetune, finetune_epochs: 0.2}
+      search: {population: 16, generations: 10}
+      member: {regular: {epochs: 10, lr: 0.1}, admm: {epochs: 3, lr: 0.005}, rho: 0.01, ft: {epochs: 3, lr: 0.005}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+
+from prunekit.cost.lut import load_table
+from prunekit.cost.predict import LatencyModel
+from prunekit.errors import PrunekitError
+from prunekit.methods.base import MethodContext, MethodResult, fresh_model, require_budget
+from prunekit.methods.jcw.front import plot_front, save_front
+from prunekit.methods.jcw.search import Proxy, latencies, run_search_phase
+from prunekit.search.encoding import (
+    JCW_DENSITY_BOUNDS,
+    JCW_WIDTH_BOUNDS,
+    DensityGenes,
+    GeneEncoding,
+    WidthGenes,
+)
+from prunekit.search.nsga2 import NSGA2, NSGA2Config
+from prunekit.space import Plan, apply, without_densities
+from prunekit.train import TrainConfig
+from prunekit.train.admm import SparseTrainConfig, admm_targets, train_sparse
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BUDGET_METRICS", "Config", "JCWConfig", "run"]
+
+BUDGET_METRICS = ("macs", "params", "latency_ms")
+"""The member deployed from the front must meet any of these (latency on the table's prediction)."""
+
+Bounds = dict[str, tuple[float, float]]
+
+
+class ProxyConfig(BaseModel):
+    """The proxy split (seeded): ``classes`` random classes (None = all), per class ``train_per_class`` training and
+    ``val_per_class`` validation images from the run's training split; ``seed`` None = the run's seed."""
+
+    model_config = ConfigDict(extra="forbid")
+    classes: int | None = Field(None, ge=1)
+    train_per_class: int = Field(500, ge=1)
+    val_per_class: int = Field(50, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    seed: int | None = None
+
+
+def _seed_supernet_recipe(epochs: float) -> TrainConfig:
+    """The seed's supernet optimiser (``OPTIM.CNS`` / ``WP``): SGD momentum 0.9, wd 4e-5 without decay on BN and
+    bias, cosine from lr 0.1, no warm-up."""
+    return TrainConfig(
+        epochs=epochs, lr=0.1, momentum=0.9, weight_decay=4e-5, schedule="cosine", warmup_epochs=0
+    )
+
+
+class SupernetConfig(BaseModel):
+    """Supernet training: ``cns`` (channels only) then ``wp`` (masks on) recipes; ``mode`` ``finetune`` (train once,
+    then ``finetune_epochs`` of WP training per generation; default) or ``retrain`` (re-initialise and train CNS +
+    WP every generation: the seed, about 192M image passes per ImageNet search); ``init`` ``model`` (the run's
+    baseline weights) or ``scratch`` (the spec's initialisation, the seed's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cns: TrainConfig = Field(default_factory=lambda: _seed_supernet_recipe(10))
+    wp: TrainConfig = Field(default_factory=lambda: _seed_supernet_recipe(20))
+    mode: Literal["finetune", "retrain"] = "finetune"
+    finetune_epochs: float = Field(0.5, ge=0.0)
+    init: Literal["model", "scratch"] = "model"
+
+
+class JCWConfig(BaseModel):
+    """Options of the ``jcw`` method (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["jcw"] = "jcw"
+    channels: bool = True
+    weights: bool = True
+    wp_uniform: bool = False
+    group_size: int | Literal["auto"] = 4
+    width_bounds: Bounds = Field(default_factory=lambda: dict(JCW_WIDTH_BOUNDS))
+    density_bounds: Bounds = Field(default_factory=lambda: dict(JCW_DENSITY_BOUNDS))
+    block: tuple[int, int] = (4, 1)
+    latency_lut: str | None = None
+    lut_points: int = Field(5, ge=2)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    supernet: SupernetConfig = Field(default_factory=SupernetConfig)
+    bn_batches: int = Field(10, ge=1)
+    search: dict[str, Any] = Field(default_factory=dict)
+    member: SparseTrainConfig = Field(default_factory=SparseTrainConfig)
+
+
+Config = JCWConfig
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+def _encoding(ctx: MethodContext, cfg: JCWConfig, unit: int) -> GeneEncoding:
+    g = unit if cfg.group_size == "auto" else int(cfg.group_size)
+    wb = dict(cfg.width_bounds) if cfg.channels else {"all": (1.0, 1.0)}
+    widths = WidthGenes.jcw(group_size=g, bounds=wb)
+    dens = DensityGenes.jcw(bounds=dict(cfg.density_bounds), wp_uniform=cfg.wp_uniform, block=cfg.block)
+    return GeneEncoding.build(ctx.space, widths=widths, densities=dens if cfg.weights else None)
+
+
+def _latency_model(ctx: MethodContext, cfg: JCWConfig) -> LatencyModel:
+    """``method.latency_lut``, else the run's ``target.latency_lut``, else a table built here (ONNX Runtime, one
+    thread, batch 1; ``lut_points`` grid points per channel axis, the density grid of the genes; resumable) into
+    ``<out>/jcw/lut.json``."""
+    if cfg.latency_lut is not None:
+        return LatencyModel(load_table(cfg.latency_lut), ctx.space, batch=1)
+    run_lm = ctx.budget.latency if ctx.budget is not None else None
+    if isinstance(run_lm, LatencyModel):  # the run's target.latency_lut
+        return LatencyModel(run_lm.table, ctx.space, batch=1)
+    from prunekit.cost.lut import build_table
+    from prunekit.cost.predict import measure_overhead
+
+    path = Path(ctx.out_dir) / "jcw" / "lut.json"  # an interrupted build resumes; a finished one is reused
+    log.info("jcw: latency table of this model on this machine -> %s", path)
+    model = ctx.model.eval()
+    table = build_table(
+        model,
+        ctx.space.input_shape,
+        path,
+        spec=ctx.spec,
+        points=2 if ctx.smoke else cfg.lut_points,
+        groups=(1,),
+        densities=(1.0, 0.5, 0.2) if cfg.weights else (1.0,),
+        rounds=1 if ctx.smoke else 3,
+        overhead=measure_overhead(model, "ort", 1, 1 if ctx.smoke else 5),
+    )
+    return LatencyModel(table, ctx.space, batch=1)
+
+
+def _proxy(ctx: MethodContext, cfg: JCWConfig) -> Proxy:
+    from prunekit.data.splits import proxy_split
+
+    data, p = ctx.data, cfg.proxy
+    if not hasattr(data, "make_loader"):
+        raise PrunekitError("jcw needs the run's dataset (a proxy split of its training data)")
+    seed = ctx.seed if p.seed is None else p.seed
+    tr, va = proxy_split(
+        data.split_labels("train"),
+        classes=p.classes,
+        train_per_class=p.train_per_class,
+        val_per_class=p.val_per_class,
+        seed=seed,
+    )
+    bs = p.batch_size or data.config.batch_size
+    train = data.make_loader("train", batch_size=bs, shuffle=True, augment=True, drop_last=True, indices=tr)
+    val = data.make_loader("train", batch_size=data.config.eval_batch_size, indices=va)
+    plain = data.make_loader("train", batch_size=bs, indices=tr)  # fixed, unaugmented: the BN batches
+    bn = [b for b, _ in zip(plain, range(cfg.bn_batches), strict=False)]
+    return Proxy(train, val, bn)
+
+
+def _smoke(cfg: JCWConfig) -> JCWConfig:
+    tiny = TrainConfig(epochs=0.2, lr=0.05)
+    return cfg.model_copy(
+        update={
+            "proxy": cfg.proxy.model_copy(
+                update={
+                    "train_per_class": min(cfg.proxy.train_per_class, 20),
+                    "val_per_class": min(cfg.proxy.val_per_class, 5),
+                }
+            ),
+            "supernet": cfg.supernet.model_copy(update={"cns": tiny, "wp": tiny, "finetune_epochs": 0.1}),
+            "bn_batches": 2,
+            "search": {**cfg.search, "population": 4, "generations": 1},
+            "member": cfg.member.model_copy(
+                update={
+                    k: (tiny if getattr(cfg.member, k) is not None else None)
+                    for k in ("regular", "admm", "ft")
+                }
+            ),
+        }
+    )
+
+
+def _fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _pick(ctx: MethodContext, plans: list[Plan], rows: list[dict[str, Any]]) -> int:
+    """The front member with the lowest proxy loss within the budget (latency constraints on the prediction)."""
+    budget = require_budget(ctx, "jcw")
+    ok = []
+    for i, (plan, row) in enumerate(zip(plans, rows, strict=True)):
+        fits = all(
+            (row["predicted_ms"] if c.metric == "latency_ms" else budget.value(c.metric, plan)) <= c.limit
+            for c in budget.constraints
+        )
+        if fits:
+            ok.append(i)
+    if not ok:
+        lo = min(r["predicted_ms"] for r in rows)
+        hi = max(r["predicted_ms"] for r in rows)
+        raise PrunekitError(
+            f"jcw: no front member meets the budget ({budget.describe()}); the front spans {lo:.3g}-{hi:.3g} ms "
+            f"predicted: raise the target or lower the width / density bounds"
+        )
+    return min(ok, key=lambda i: rows[i]["proxy_loss"])
+
+
+def _train_member(
+    ctx: MethodContext, cfg: JCWConfig, plan: Plan, supernet: nn.Module
+) -> tuple[nn.Module, dict]:
+    """REGULAR (the channel-pruned dense net from the spec's initialisation; ``regular: null`` starts from the
+    supernet's weights), then ADMM and FT (:func:`~prunekit.train.admm.train_sparse`) on the run's data."""
+    dense = without_densities(plan)
+    if cfg.member.regular is not None:
+        net = apply(fresh_model(ctx), dense, ctx.space)
+        ctx.train(net, cfg.member.regular, tag="jcw_regular", select="best")  # type: ignore[misc]
+    else:
+        net = apply(supernet, dense, ctx.space)
+    facts = train_sparse(net, admm_targets(plan), ctx.train, cfg.member, tag="jcw")  # type: ignore[arg-type]
+    return net, facts
+
+
+def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
+    """Search, write the front, train the member that meets the budget (see the module docstring).
+
+    Returns:
+        :class:`MethodResult` with the member's plan (densities with ``criterion: l2``, the ADMM / FT masks), the
+        trained network (``trained=True``), one history row per generation and ``extra`` ``{"front", "member",
+        "search", "figures", "targets"}``.
+
+    Raises:
+        PrunekitError: no latency table, a table of another machine, a proxy split the data cannot give, no front
+            member within the budget, or a search state of another setup in the run directory.
+    """
+    if ctx.smoke:
+        cfg = _smoke(cfg)
+    require_budget(ctx, "jcw")
+    if ctx.train is None:
+        raise PrunekitError("jcw trains its member: run it through `prunekit run`")
+    lm = _latency_model(ctx, cfg)
+    enc = _encoding(ctx, cfg, int(lm.table.unit))
+    proxy = _proxy(ctx, cfg)
+    nsga_cfg = NSGA2Config.jcw(**cfg.search)
+    lat_lo, lat_hi = (float(x) for x in latencies(enc, lm, np.stack([enc.bounds.low, enc.bounds.high])))
+    searcher = NSGA2(enc.bounds, nsga_cfg, seed=ctx.seed, target_range=(lat_lo, lat_hi), latency_objective=1)
+    out = Path(ctx.out_dir)
+    supernet = fresh_model(ctx) if cfg.supernet.init == "scratch" else _copy(ctx.model)
+    fp = _fingerprint(ctx.spec, enc.state, cfg.model_dump(exclude={"member"}), lm.table.machine, ctx.seed)
+    outcome = run_search_phase(
+        model=supernet,
+        fresh=lambda: fresh_model(ctx),
+        space=ctx.space,
+        enc=enc,
+        lm=lm,
+        searcher=searcher,
+        proxy=proxy,
+        cns=cfg.supernet.cns,
+        wp=cfg.supernet.wp,
+        mode=cfg.supernet.mode,
+        finetune_epochs=cfg.supernet.finetune_epochs,
+        seed=ctx.seed,
+        device=ctx.device,
+        out_dir=out / "jcw",
+        fingerprint=fp,
+    )
+    plans, rows = save_front(out / "front", enc, ctx.cost, outcome.genes, outcome.objectives, spec=ctx.spec)
+    figures = {}
+    fig = plot_front(outcome.history, rows, out / "jcw" / "front.png")
+    if fig is not None:
+        figures["front"] = str(fig.relative_to(out))
+    k = _pick(ctx, plans, rows)
+    plan = plans[k].model_copy(deep=True)
+    for name, lc in plan.layers.items():  # the trained masks are L2 block masks (ADMM / FT)
+        if lc.density is not None:
+            plan.layers[name] = lc.model_copy(update={"criterion": "l2"})
+    net, member_facts = _train_member(ctx, cfg, plan, supernet)
+    history = [
+        {"step": h["generation"], "best_proxy_loss": h["best_loss"], "evaluated": h["evaluated"]}
+        for h in outcome.history
+    ]
+    return MethodResult(
+        plan=plan,
+        model=net,
+        history=history,
+        trained=True,
+        extra={
+            "front": rows,
+            "member": {"index": k, **rows[k], **member_facts},
+            "search": {
+                **outcome.facts,
+                "latency_range_ms": [lat_lo, lat_hi],
+                "population": nsga_cfg.population,
+            },
+            "figures": figures,
+        },
+    )
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)

@@ -1,0 +1,184 @@
+"""The ``jcw`` method (issue #13): a bit-identical resume of the search loop after a kill, the front files, and a
+tiny end-to-end ``prunekit run`` on a real Fashion-MNIST subset (search -> front -> REGULAR / ADMM / FT member)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tests.test_lut import fake_overhead, fake_time
+from tests.test_train import cfg_, loaders, new_model
+
+from prunekit.cli import main
+from prunekit.cost.lut import build_table
+from prunekit.cost.predict import LatencyModel
+from prunekit.methods.jcw import search as jsearch
+from prunekit.methods.jcw.front import front_indices
+from prunekit.models import create_model
+from prunekit.search.encoding import DensityGenes, GeneEncoding, WidthGenes
+from prunekit.search.nsga2 import NSGA2, NSGA2Config
+from prunekit.space import ChannelSpace, Plan, rebuild
+
+SHAPE = (1, 3, 8, 8)
+
+
+def _phase(tmp_path, monkeypatch, out):
+    fake_time(monkeypatch)
+    model = new_model(0, width=16)
+    space = ChannelSpace.build(model, SHAPE, quiet=True)
+    table = build_table(
+        model.eval(), SHAPE, tmp_path / "t.json", points=3, groups=(1,), overhead=fake_overhead
+    )
+    lm = LatencyModel(table, space)
+    enc = GeneEncoding.build(
+        space,
+        widths=WidthGenes.jcw(bounds={"all": (0.3, 1.0)}),
+        densities=DensityGenes.jcw(kinds=["conv", "linear"]),
+    )
+    train, val = loaders(bs=16)
+    proxy = jsearch.Proxy(train, val, [b for b, _ in zip(train, range(2), strict=False)])
+    lo, hi = jsearch.latencies(enc, lm, np.stack([enc.bounds.low, enc.bounds.high]))
+    searcher = NSGA2(enc.bounds, NSGA2Config.jcw(population=4, generations=2), seed=0, target_range=(lo, hi))
+    kw = dict(
+        model=model,
+        fresh=lambda: new_model(1, width=16),
+        space=space,
+        enc=enc,
+        lm=lm,
+        searcher=searcher,
+        proxy=proxy,
+        cns=cfg_(epochs=0.5),
+        wp=cfg_(epochs=0.5),
+        mode="finetune",
+        finetune_epochs=0.25,
+        seed=0,
+        device="cpu",
+        out_dir=out,
+        fingerprint="x",
+    )
+    return kw
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_search_resumes_to_the_same_population_and_supernet(tmp_path, monkeypatch):
+    ref_kw = _phase(tmp_path, monkeypatch, tmp_path / "ref")
+    ref = jsearch.run_search_phase(**ref_kw)
+    assert len(ref.history) == 3 and ref.facts["evaluations"] == 4 + 8 + 8
+
+    real = jsearch.proxy_losses
+    calls = [0]
+
+    def dying(*a, **k):
+        calls[0] += 1
+        if calls[0] == 3:  # inside generation 2, after generations 0 and 1 were checkpointed
+            raise Killed
+        return real(*a, **k)
+
+    monkeypatch.setattr(jsearch, "proxy_losses", dying)
+    with pytest.raises(Killed):
+        jsearch.run_search_phase(**_phase(tmp_path, monkeypatch, tmp_path / "run"))
+    monkeypatch.setattr(jsearch, "proxy_losses", real)
+    kw = _phase(tmp_path, monkeypatch, tmp_path / "run")
+    again = jsearch.run_search_phase(**kw)
+    assert np.array_equal(again.genes, ref.genes)
+    np.testing.assert_array_equal(again.objectives, ref.objectives)
+    for k, v in ref_kw["model"].state_dict().items():
+        assert torch.equal(v, kw["model"].state_dict()[k]), k
+    other = _phase(tmp_path, monkeypatch, tmp_path / "run")
+    other["fingerprint"] = "y"
+    with pytest.raises(Exception, match="another setup"):
+        jsearch.run_search_phase(**other)
+
+
+def test_front_indices_are_non_dominated_and_latency_sorted():
+    F = np.array([[0.5, 3.0], [0.4, 4.0], [0.6, 2.0], [0.7, 3.5], [0.5, 3.0]])
+    assert front_indices(F).tolist() == [2, 0, 1]
+
+
+@pytest.fixture
+def r20_lut(tmp_path, monkeypatch):
+    """A latency table of the FMNIST ResNet-20 with synthetic timings (ms ~ MACs; density buys nothing, as in ONNX
+    Runtime): the test is about the method, and a measured table takes a minute to build."""
+    fake_time(monkeypatch)
+    path = tmp_path / "r20.lut.json"
+    model = create_model("resnet20:in_chans=1").eval()
+    build_table(
+        model,
+        (1, 1, 28, 28),
+        path,
+        spec="resnet20:in_chans=1",
+        points=3,
+        groups=(1,),
+        densities=(1.0, 0.5),
+        overhead=fake_overhead,
+    )
+    return path
+
+
+def test_jcw_end_to_end_on_fashion_mnist(tmp_path, capsys, monkeypatch, r20_lut):
+    monkeypatch.setenv("PRUNEKIT_NO_PROGRESS", "1")
+    tiny = {"epochs": 0.3, "lr": 0.05}
+    cfg = {
+        "model": "resnet20",
+        "data": {"name": "fashion_mnist", "subset_train": 600, "subset_val": 100, "subset_test": 200},
+        "baseline": {"train": {"epochs": 1, "lr": 0.1}},
+        "target": {"latency_ratio": 0.9, "latency_lut": str(r20_lut)},
+        "method": {
+            "name": "jcw",
+            "proxy": {"train_per_class": 20, "val_per_class": 5},
+            "supernet": {"cns": tiny, "wp": tiny, "finetune_epochs": 0.2},
+            "bn_batches": 2,
+            "search": {"population": 4, "generations": 1},
+            "member": {"regular": tiny, "admm": {"epochs": 0.3, "lr": 0.005}, "rho": 0.01, "ft": tiny},
+        },
+        "finetune": {"epochs": 0.2, "lr": 0.01},
+    }
+    path = tmp_path / "jcw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0, capsys.readouterr().err
+    front = json.loads((out / "front" / "front.json").read_text())["members"]
+    assert front and (out / "jcw" / "front.png").is_file()
+    assert "## Front" in (out / "report.md").read_text()
+    lat = [m["predicted_ms"] for m in front]
+    assert lat == sorted(lat)
+    assert any(m["mean_density"] < 1.0 for m in front)  # the joint space was searched
+    for m in front:
+        plan = Plan.load(out / "front" / m["file"])
+        assert plan.meta["predicted_ms"] == m["predicted_ms"]
+        rebuild(plan)  # every member rebuilds from its plan alone
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"]["name"] == "jcw"
+    member = report["extra"]["member"]
+    (row,) = [c for c in report["constraints"] if c["metric"] == "latency_ms"]
+    assert member["predicted_ms"] <= row["asked"] * (1 + 1e-9)  # the deployed member is within the budget
+    assert report["pruned"]["macs"] <= report["baseline"]["macs"]
+    if member["sparse_layers"]:  # its trained weights carry the block sparsity of its densities
+        assert member["density"] < 1.0
+
+    # any front member trains through the `plan` method: no encoding copied by hand
+    sparse = [m for m in front if m["mean_density"] < 1.0][0]
+    cfg2 = {k: v for k, v in cfg.items() if k not in ("method", "target")}
+    cfg2["method"] = {
+        "name": "plan",
+        "plan": str(out / "front" / sparse["file"]),
+        "train": {"regular": tiny, "admm": {"epochs": 0.3, "lr": 0.005}, "ft": tiny},
+    }
+    path2 = tmp_path / "member.yaml"
+    path2.write_text(yaml.safe_dump(cfg2))
+    out2 = tmp_path / "member"
+    assert main(["run", str(path2), "--out", str(out2)]) == 0, capsys.readouterr().err
+    rep2 = json.loads((out2 / "report.json").read_text())
+    assert rep2["method"]["name"] == "plan" and rep2["extra"]["sparse_layers"] > 0
+    assert rep2["extra"]["density"] < 1.0
+    plan2, chosen = Plan.load(out2 / "plan.json"), Plan.load(out / "front" / sparse["file"])
+    assert plan2.groups == chosen.groups  # the member's channels, as searched
+    assert {n: lc.density for n, lc in plan2.layers.items()} == {
+        n: lc.density for n, lc in chosen.layers.items()
+    }
