@@ -61,11 +61,11 @@ from typing import Any
 
 import torch
 
-from _study import config_tree, mean_std, seeded
-from prunekit.config import RunConfig, load_config, parse_config
+from _study import compare, config_tree, load_avg, mean_std, run_cached, seeded
+from prunekit.config import load_config, parse_config
 from prunekit.errors import PrunekitError
 from prunekit.io import write_json, write_text
-from prunekit.pipeline import config_hash, run, smoke_config, train_only
+from prunekit.pipeline import train_only
 
 HEURISTICS = ("grps", "sort", "same")
 
@@ -82,44 +82,17 @@ def _floor(x: float, digits: int = 6) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def _finished(cfg: RunConfig, d: Path, smoke: bool) -> dict | None:
-    """The report of a finished run of ``cfg`` in ``d`` (same config hash as ``prunekit run`` computes), else None."""
-    rep, state = d / "report.json", d / "state.json"
-    if not (rep.is_file() and state.is_file()):
-        return None
-    want = config_hash(smoke_config(cfg) if smoke else cfg)
-    if json.loads(state.read_text()).get("config_hash") != want:
-        return None  # a different config: run() refuses it with the usual message
-    return json.loads(rep.read_text())
-
-
 def _run(tree: dict, d: Path, label: str, args: argparse.Namespace, command: str) -> tuple[dict, float, bool]:
     """The run's report, its wall seconds and whether it ran now (False: finished before, skipped)."""
-    cfg = parse_config(tree)
-    if not args.overwrite:
-        rep = _finished(cfg, d, args.smoke)
-        if rep is not None:
-            print(f"  {label}: finished, skipped ({d})", flush=True)
-            return rep, float(rep["wall_s"].get("total", 0.0)), False
-    print(f"  {label}: running -> {d}", flush=True)
-    t0 = time.perf_counter()
-    rep = run(cfg, d, smoke=args.smoke, overwrite=args.overwrite, command=command).report
-    wall = time.perf_counter() - t0
-    r = _metrics(rep)
-    print(
-        f"  {label}: done in {wall:.0f} s: top-1 {100 * r['top1']:.2f}% (baseline {100 * r['baseline_top1']:.2f}%), "
-        f"params x{r['params_ratio']:.3f}, MACs x{r['macs_ratio']:.3f}, latency b1 x{r['latency_ratio']:.3f}",
-        flush=True,
-    )
-    return rep, wall, True
-
-
-def _load() -> float | None:
-    """The 1-minute load average (latency measured on a busy machine is noisy), None where unknown."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
+    rep, wall, ran = run_cached(tree, d, label, overwrite=args.overwrite, smoke=args.smoke, command=command)
+    if ran:
+        r = _metrics(rep)
+        print(
+            f"  {label}: done in {wall:.0f} s: top-1 {100 * r['top1']:.2f}% (baseline {100 * r['baseline_top1']:.2f}%), "
+            f"params x{r['params_ratio']:.3f}, MACs x{r['macs_ratio']:.3f}, latency b1 x{r['latency_ratio']:.3f}",
+            flush=True,
+        )
+    return rep, wall, ran
 
 
 def _metrics(rep: dict) -> dict:
@@ -187,7 +160,7 @@ def run_pair(args, base: dict, gmethod: dict, model: str, seed: int, command: st
             _metrics(rep),
             wall_s=wall,
             resumed=not ran,
-            load_avg=_load() if ran else None,
+            load_avg=load_avg() if ran else None,
             dir=str(root / key),
         )
         rows.append(row)
@@ -275,37 +248,6 @@ def run_pair(args, base: dict, gmethod: dict, model: str, seed: int, command: st
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def compare(a: dict[int, float], b: dict[int, float], name_a: str, name_b: str) -> dict:
-    """``a - b`` over seeds (``{seed: value}``): mean of each, paired difference, seed spread (the larger of the two
-    standard deviations over seeds) and a verdict; a difference not larger than the spread is noise."""
-    seeds = sorted(set(a) & set(b))
-    ma, sa = mean_std([a[s] for s in seeds])
-    mb, sb = mean_std([b[s] for s in seeds])
-    dm, ds = mean_std([a[s] - b[s] for s in seeds])
-    spread = max(sa, sb)
-    if not seeds:
-        verdict = "no data"
-    elif len(seeds) < 2:
-        side = "equal" if dm == 0 else f"{name_a} {'higher' if dm > 0 else 'lower'}"
-        verdict = f"one seed: no spread, cannot tell ({side})"
-    elif abs(dm) <= spread:
-        verdict = "noise (|Δ| ≤ seed spread)"
-    else:
-        verdict = f"{name_a if dm > 0 else name_b} higher"
-    return {
-        "a": name_a,
-        "b": name_b,
-        "n": len(seeds),
-        "a_mean": ma,
-        "b_mean": mb,
-        "diff_mean": dm,
-        "diff_std": ds,
-        "spread": spread,
-        "noise": len(seeds) >= 2 and abs(dm) <= spread,
-        "verdict": verdict,
-    }
-
-
 def _by_seed(rows: list[dict], model: str, key: str, field: str) -> dict[int, float]:
     return {
         r["seed"]: r[field]

@@ -182,3 +182,50 @@ def test_jcw_end_to_end_on_fashion_mnist(tmp_path, capsys, monkeypatch, r20_lut)
     assert {n: lc.density for n, lc in plan2.layers.items()} == {
         n: lc.density for n, lc in chosen.layers.items()
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "ref_macs"),
+    [
+        ("imagenet-resnet18-jcw", 1.82e9),
+        ("imagenet-mobilenet_v1-jcw", 569e6),
+        ("imagenet-mobilenet_v2-jcw", 300e6),
+    ],
+)
+def test_imagenet_jcw_presets_build_their_search_space(name, ref_macs):
+    """No ImageNet here: the preset loads, its model has the published MACs, and its bounds leave room to prune."""
+    from prunekit.config import load_config
+    from prunekit.cost.macs import CostModel
+    from prunekit.methods.jcw import search_space
+
+    cfg = load_config(f"configs/{name}.yaml")
+    space = ChannelSpace.build(create_model(cfg.model), (1, 3, 224, 224), quiet=True)
+    cost = CostModel(space)
+    assert cost.cost().macs == pytest.approx(ref_macs, rel=0.02)
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.space = space
+    enc = search_space(ctx, cfg.method, unit=8)
+    low = enc.decode(enc.bounds.low)
+    assert enc.slices["densities"].stop > enc.slices["densities"].start  # densities are searched
+    assert cost.cost(low).effective_macs < 0.5 * cost.cost().macs
+
+
+def test_an_unreachable_latency_target_is_one_line_before_any_search(tmp_path, capsys, monkeypatch, r20_lut):
+    cfg = {
+        "model": "resnet20",
+        "data": {"name": "fashion_mnist", "subset_train": 200, "subset_val": 50, "subset_test": 50},
+        "baseline": {"train": {"epochs": 0.2, "lr": 0.1}},
+        "target": {"latency_ratio": 0.3, "latency_lut": str(r20_lut)},  # above 1 channel per group
+        "method": {"name": "jcw"},
+        "export": {"onnx": False},
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "smallest model of the search space" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "run" / "jcw" / "search.pt").exists()

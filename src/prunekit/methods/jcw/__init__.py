@@ -16,8 +16,9 @@ Zhao et al., "Joint Channel and Weight Pruning for Model Acceleration on Mobile 
    generation.
 3. **Front** (:mod:`prunekit.methods.jcw.front`): ``<out>/front/member-{i}.json`` plans, ``front.json``,
    ``jcw/front.png``.
-4. **The deployed member**: the front member with the lowest proxy loss that meets the run's budget (latency
-   constraints checked on the table's prediction; the pipeline measures the result), trained as the seed's
+4. **The deployed member**: the front member with the lowest proxy loss that meets the run's budget (a latency
+   ratio on the table's predicted ratio to the unpruned model, an absolute latency on its predicted ms; the
+   pipeline measures the result), trained as the seed's
    SparseTrainer does: REGULAR (the channel-pruned dense net from scratch), ADMM toward the member's block-sparse
    densities (:class:`~prunekit.train.admm.ADMMCallback`), FT (masks fixed by block L2, masked finetune). A phase
    whose recipe is ``null`` is skipped (``regular: null`` starts from the supernet's weights).
@@ -71,7 +72,7 @@ from prunekit.train.admm import SparseTrainConfig, admm_targets, train_sparse
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BUDGET_METRICS", "Config", "JCWConfig", "run"]
+__all__ = ["BUDGET_METRICS", "Config", "JCWConfig", "proxy_task", "run", "search_space"]
 
 BUDGET_METRICS = ("macs", "params", "latency_ms")
 """The member deployed from the front must meet any of these (latency on the table's prediction)."""
@@ -138,7 +139,9 @@ Config = JCWConfig
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
-def _encoding(ctx: MethodContext, cfg: JCWConfig, unit: int) -> GeneEncoding:
+def search_space(ctx: MethodContext, cfg: JCWConfig, unit: int) -> GeneEncoding:
+    """The JCW encoding of ``ctx.space`` under ``cfg`` (``unit``: the table's channel block, for ``group_size:
+    auto``)."""
     g = unit if cfg.group_size == "auto" else int(cfg.group_size)
     wb = dict(cfg.width_bounds) if cfg.channels else {"all": (1.0, 1.0)}
     widths = WidthGenes.jcw(group_size=g, bounds=wb)
@@ -175,7 +178,8 @@ def _latency_model(ctx: MethodContext, cfg: JCWConfig) -> LatencyModel:
     return LatencyModel(table, ctx.space, batch=1)
 
 
-def _proxy(ctx: MethodContext, cfg: JCWConfig) -> Proxy:
+def proxy_task(ctx: MethodContext, cfg: JCWConfig) -> Proxy:
+    """The proxy loaders of ``cfg.proxy`` over ``ctx.data``'s training split, and the fixed BN batches."""
     from prunekit.data.splits import proxy_split
 
     data, p = ctx.data, cfg.proxy
@@ -225,23 +229,39 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _pick(ctx: MethodContext, plans: list[Plan], rows: list[dict[str, Any]]) -> int:
-    """The front member with the lowest proxy loss within the budget (latency constraints on the prediction)."""
+def _fits(budget, plan: Plan, predicted_ms: float, full_ms: float) -> bool:
+    """Whether a member meets every constraint: MACs / params exactly; a latency ratio on the predicted ratio
+    (member / unpruned, both from the table, so the table's absolute calibration on this machine cancels); an
+    absolute latency on the predicted ms."""
+    for c in budget.constraints:
+        if c.metric != "latency_ms":
+            ok = budget.value(c.metric, plan) <= c.limit
+        elif c.ratio is not None:
+            ok = predicted_ms <= c.ratio * full_ms * (1 + 1e-9)
+        else:
+            ok = predicted_ms <= c.limit
+        if not ok:
+            return False
+    return True
+
+
+def _pick(ctx: MethodContext, plans: list[Plan], rows: list[dict[str, Any]], full_ms: float) -> int:
+    """The front member with the lowest proxy loss within the budget (:func:`_fits`)."""
     budget = require_budget(ctx, "jcw")
-    ok = []
-    for i, (plan, row) in enumerate(zip(plans, rows, strict=True)):
-        fits = all(
-            (row["predicted_ms"] if c.metric == "latency_ms" else budget.value(c.metric, plan)) <= c.limit
-            for c in budget.constraints
-        )
-        if fits:
-            ok.append(i)
+    ok = [
+        i
+        for i, (p, r) in enumerate(zip(plans, rows, strict=True))
+        if _fits(budget, p, r["predicted_ms"], full_ms)
+    ]
+    if not ok and ctx.smoke:  # a smoke search is too short to reach the budget: exercise the rest anyway
+        log.warning("jcw --smoke: no front member meets the budget; training the fastest one")
+        return min(range(len(rows)), key=lambda i: rows[i]["predicted_ms"])
     if not ok:
-        lo = min(r["predicted_ms"] for r in rows)
-        hi = max(r["predicted_ms"] for r in rows)
+        lo = min(r["predicted_ms"] for r in rows) / full_ms
+        hi = max(r["predicted_ms"] for r in rows) / full_ms
         raise PrunekitError(
-            f"jcw: no front member meets the budget ({budget.describe()}); the front spans {lo:.3g}-{hi:.3g} ms "
-            f"predicted: raise the target or lower the width / density bounds"
+            f"jcw: no front member meets the budget ({budget.describe()}); the front spans {lo:.0%}-{hi:.0%} of the "
+            "unpruned model's predicted latency: raise the target, lower the width / density bounds or search longer"
         )
     return min(ok, key=lambda i: rows[i]["proxy_loss"])
 
@@ -279,10 +299,18 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
     if ctx.train is None:
         raise PrunekitError("jcw trains its member: run it through `prunekit run`")
     lm = _latency_model(ctx, cfg)
-    enc = _encoding(ctx, cfg, int(lm.table.unit))
-    proxy = _proxy(ctx, cfg)
+    enc = search_space(ctx, cfg, int(lm.table.unit))
     nsga_cfg = NSGA2Config.jcw(**cfg.search)
     lat_lo, lat_hi = (float(x) for x in latencies(enc, lm, np.stack([enc.bounds.low, enc.bounds.high])))
+    full_ms = float(lm(ctx.space.channels))
+    smallest = enc.decode(enc.bounds.low)
+    if not _fits(require_budget(ctx, "jcw"), smallest, lat_lo, full_ms) and not ctx.smoke:
+        raise PrunekitError(
+            f"jcw: even the smallest model of the search space (every gene at its lower bound: {lat_lo / full_ms:.0%} "
+            f"of the predicted latency, {ctx.cost.cost(smallest).macs / ctx.cost.cost().macs:.0%} of the MACs) "
+            f"misses the budget ({ctx.budget.describe()}): lower method.width_bounds / density_bounds or raise the target"
+        )
+    proxy = proxy_task(ctx, cfg)
     searcher = NSGA2(enc.bounds, nsga_cfg, seed=ctx.seed, target_range=(lat_lo, lat_hi), latency_objective=1)
     out = Path(ctx.out_dir)
     supernet = fresh_model(ctx) if cfg.supernet.init == "scratch" else _copy(ctx.model)
@@ -309,7 +337,7 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
     fig = plot_front(outcome.history, rows, out / "jcw" / "front.png")
     if fig is not None:
         figures["front"] = str(fig.relative_to(out))
-    k = _pick(ctx, plans, rows)
+    k = _pick(ctx, plans, rows, full_ms)
     plan = plans[k].model_copy(deep=True)
     for name, lc in plan.layers.items():  # the trained masks are L2 block masks (ADMM / FT)
         if lc.density is not None:
@@ -330,6 +358,7 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
             "search": {
                 **outcome.facts,
                 "latency_range_ms": [lat_lo, lat_hi],
+                "full_ms": full_ms,
                 "population": nsga_cfg.population,
             },
             "figures": figures,

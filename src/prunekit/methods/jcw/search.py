@@ -43,7 +43,7 @@ from prunekit.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Proxy", "SearchOutcome", "latencies", "run_search_phase"]
+__all__ = ["Proxy", "SearchOutcome", "latencies", "run_search_phase", "train_supernet"]
 
 STATE_FORMAT = "prunekit.jcw.search/1"
 
@@ -77,7 +77,7 @@ def latencies(enc: GeneEncoding, lm: LatencyModel, genes: np.ndarray) -> np.ndar
     return lm.batch(enc.decode_widths(g), densities)
 
 
-def _train_supernet(
+def train_supernet(
     model: nn.Module,
     space: ChannelSpace,
     proxy: Proxy,
@@ -90,6 +90,9 @@ def _train_supernet(
     ckpt: Path | None = None,
     desc: str,
 ) -> None:
+    """Train the supernet ``model`` in place with ``recipe`` on the proxy task, one candidate of ``pool`` (plans, or
+    a callable drawing one) per step; ``sparse``: the WP phase (density masks on), else CNS (channels only);
+    checkpointed to ``ckpt`` (resumed when it exists)."""
     if recipe.epochs <= 0:
         return
     sup = SupernetCallback(space, pool, sparse=sparse, seed=seed)
@@ -150,7 +153,7 @@ def run_search_phase(
         def draw(rng: np.random.Generator) -> Plan:
             return enc.decode(enc.bounds.random(rng, 1)[0])
 
-        _train_supernet(
+        train_supernet(
             model,
             space,
             proxy,
@@ -162,7 +165,7 @@ def run_search_phase(
             ckpt=out_dir / "supernet_cns.ckpt",
             desc="jcw supernet (CNS)",
         )
-        _train_supernet(
+        train_supernet(
             model,
             space,
             proxy,
@@ -185,7 +188,7 @@ def run_search_phase(
             plans = [enc.decode(g) for g in R]
             if mode == "retrain":
                 model.load_state_dict(fresh().state_dict())
-                _train_supernet(
+                train_supernet(
                     model,
                     space,
                     proxy,
@@ -196,7 +199,7 @@ def run_search_phase(
                     device=device,
                     desc=f"jcw gen {gen} (CNS)",
                 )
-                _train_supernet(
+                train_supernet(
                     model,
                     space,
                     proxy,
@@ -209,7 +212,7 @@ def run_search_phase(
                 )
             elif finetune_epochs > 0:
                 ft = wp.model_copy(update={"epochs": finetune_epochs, "warmup_epochs": 0.0})
-                _train_supernet(
+                train_supernet(
                     model,
                     space,
                     proxy,

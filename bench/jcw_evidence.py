@@ -1,0 +1,344 @@
+"""JCW's claim: the joint channel + weight front dominates a channel-only and a weight-only one (issue #13).
+
+Usage:
+    OMP_NUM_THREADS=1 python bench/jcw_evidence.py [--config configs/resnet20-jcw.yaml] [--variants joint channels
+        weights] [--budgets 0.5 0.65 0.8] [--seeds 0 1 2] [--runtime ort|deepsparse] [--deepsparse-python PY]
+        [--out bench/results/jcw] [--set KEY=VALUE ...] [--overwrite] [--smoke]
+
+For one model (``--config``: data, baseline recipe, JCW search settings, member recipe) and one runtime:
+
+1. **One baseline** (``<out>/<runtime>/baseline``, seed 0) that every search starts its supernet from.
+2. **Three searches, same search budget** (the preset's supernet, population and generations; seed 0): ``joint``
+   (widths and densities), ``channels`` (``method.weights: false``: densities fixed at 1) and ``weights``
+   (``method.channels: false``: widths fixed at 1). A search run trains no member (``member`` phases null); its
+   front is ``<dir>/front/front.json``; the run's own target is ``latency_ratio: 1``. Latency: one ``prunekit lut
+   build --runtime RUNTIME`` table (batch 1, one thread) shared by the three (``deepsparse``: where density buys
+   time).
+3. **Hypervolume** of each front in (proxy loss, predicted latency / the unpruned model's predicted latency), with one
+   reference point for the three (the largest loss of any front x 1.05, ratio 1.05; pymoo's ``HV``). The proxy
+   losses of the three come from three supernets trained the same way: comparable as search outcomes, not as
+   accuracies.
+4. **Members at each budget**: per variant and ``--budgets`` ratio, the front member with the lowest proxy loss whose
+   predicted latency ratio is within it, trained with the preset's member recipe (REGULAR -> ADMM -> FT) through the
+   ``plan`` method, once per ``--seeds`` seed: test top-1, MACs (dense / effective), params, measured ONNX Runtime
+   latency (batch 1 and the export batch) and the member's predicted latency beside the measured one.
+
+Every run is a normal ``prunekit run`` directory; a finished one (same config hash) is skipped, so a killed sweep
+resumes. Output: ``<out>/<runtime>/summary.{md,json}`` (mean ± std over seeds; a joint-vs-other difference not larger
+than the seed-to-seed spread is labelled noise) and ``fronts.png`` (the three fronts). ``--smoke``: tiny data and
+search, one seed, one budget; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from _study import compare, config_tree, load_avg, mean_std, run_cached, seeded
+from prunekit.config import load_config, parse_config
+from prunekit.io import write_json, write_text
+from prunekit.pipeline import train_only
+
+VARIANTS = {
+    "joint": {},
+    "channels": {"weights": False},
+    "weights": {"channels": False},
+}
+
+
+def _search_tree(base: dict, variant: str, ckpt: str, lut: str) -> dict:
+    t = json.loads(json.dumps(base))
+    t["name"] = f"jcw-search-{variant}"
+    t["baseline"] = {"checkpoint": ckpt, "train": None}
+    t["target"] = {"latency_ratio": 1.0}  # the search's front is the result; any member may be the run's own
+    m = {**t["method"], **VARIANTS[variant]}
+    m["member"] = {**m.get("member", {}), "regular": None, "admm": None, "ft": None}
+    m["latency_lut"] = lut
+    t["method"] = m
+    return t
+
+
+def _member_tree(base: dict, plan_file: Path, seed: int, name: str) -> dict:
+    t = seeded(json.loads(json.dumps(base)), seed)
+    t["name"] = name
+    member = base["method"].get("member") or {}
+    t["method"] = {"name": "plan", "plan": str(plan_file), "init": "scratch", "train": member}
+    t["target"] = None
+    return t
+
+
+def _hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    import numpy as np
+    from pymoo.indicators.hv import HV
+
+    return float(HV(ref_point=np.asarray(ref))(np.asarray(points, dtype=np.float64))) if points else 0.0
+
+
+def _front(run_dir: Path) -> tuple[list[dict], float]:
+    """The front rows of a search run and the unpruned model's predicted ms (from its report)."""
+    rows = json.loads((run_dir / "front" / "front.json").read_text())["members"]
+    rep = json.loads((run_dir / "report.json").read_text())
+    full = rep["extra"]["search"]["full_ms"]
+    return rows, full
+
+
+def _pick(rows: list[dict], full: float, budget: float) -> dict | None:
+    ok = [r for r in rows if r["predicted_ms"] <= budget * full * (1 + 1e-9)]
+    return min(ok, key=lambda r: r["proxy_loss"]) if ok else None
+
+
+def _lut(base: dict, out: Path, runtime: str, python: str | None, smoke: bool) -> str:
+    """One latency table for every search (``prunekit lut build``, resumable), batch 1, one thread."""
+    path = out / f"lut-{runtime}.json"
+    data = base["data"]
+    gray = data["name"] in ("fashion_mnist", "mnist", "digits")
+    size = "28" if gray else str(data.get("image_size") or 32)
+    spec = f"{base['model']}:in_chans=1" if gray and ":" not in base["model"] else base["model"]
+    if gray and ":" in base["model"]:
+        spec = f"{base['model']},in_chans=1"
+    cmd = [
+        sys.executable,
+        "-m",
+        "prunekit.cli",
+        "lut",
+        "build",
+        spec,
+        "--input-size",
+        size,
+        "--runtime",
+        runtime,
+    ]
+    cmd += ["--groups", "1", "--points", "2" if smoke else "5", "--out", str(path)]
+    cmd += ["--rounds", "1"] if smoke else []
+    cmd += ["--deepsparse-python", python] if python and runtime == "deepsparse" else []
+    print(f"  latency table: {' '.join(cmd)}", flush=True)
+    subprocess.run(cmd, check=True)
+    return str(path)
+
+
+def _plot(fronts: dict[str, tuple[list[dict], float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v, (rows, full) in fronts.items():
+        ax.plot([r["predicted_ms"] / full for r in rows], [r["proxy_loss"] for r in rows], "o-", label=v)
+    ax.set_xlabel("predicted latency / unpruned (batch 1)")
+    ax.set_ylabel("proxy validation loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/resnet20-jcw.yaml")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.65, 0.8])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--runtime", choices=["ort", "deepsparse"], default="ort")
+    ap.add_argument("--deepsparse-python", default=None)
+    ap.add_argument("--out", default=None, help="default bench/results/jcw ($TMPDIR/... with --smoke)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        args.seeds, args.budgets = args.seeds[:1], args.budgets[-1:]
+    default_out = (
+        Path(tempfile.gettempdir()) / "prunekit-jcw-evidence-smoke"
+        if args.smoke
+        else Path("bench/results/jcw")
+    )
+    out = Path(args.out or default_out) / args.runtime
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    base = config_tree(load_config(args.config, overrides=args.set))
+    print(f"[baseline] -> {out / 'baseline'}", flush=True)
+    train_only(
+        parse_config(seeded(base, 0)),
+        out / "baseline",
+        smoke=args.smoke,
+        overwrite=args.overwrite,
+        command=command,
+    )
+    ckpt = str(out / "baseline" / "baseline.pt")
+    lut = _lut(base, out, args.runtime, args.deepsparse_python, args.smoke)
+
+    fronts: dict[str, tuple[list[dict], float]] = {}
+    searches: dict[str, dict] = {}
+    for v in args.variants:
+        d = out / f"search-{v}"
+        rep, wall, ran = run_cached(
+            seeded(_search_tree(base, v, ckpt, lut), 0),
+            d,
+            f"search {v}",
+            overwrite=args.overwrite,
+            smoke=args.smoke,
+            command=command,
+        )
+        fronts[v] = _front(d)
+        searches[v] = {"wall_s": wall, "load_avg": load_avg() if ran else None, **rep["extra"]["search"]}
+    worst = max(r["proxy_loss"] for rows, _ in fronts.values() for r in rows)
+    ref = (worst * 1.05, 1.05)
+    hv = {
+        v: _hypervolume([(r["proxy_loss"], r["predicted_ms"] / full) for r in rows], ref)
+        for v, (rows, full) in fronts.items()
+    }
+    members: list[dict[str, Any]] = []
+    for v, (rows, full) in fronts.items():
+        for b in args.budgets:
+            m = _pick(rows, full, b)
+            if m is None:
+                print(f"  {v} @ {b:g}: no front member within the budget", flush=True)
+                members.append({"variant": v, "budget": b, "skipped": "no front member within the budget"})
+                continue
+            for s in args.seeds:
+                d = out / f"member-{v}-{b:g}" / f"seed{s}"
+                tree = _member_tree(
+                    base, out / f"search-{v}" / "front" / m["file"], s, f"jcw-{v}-{b:g}-seed{s}"
+                )
+                tree["baseline"] = {"checkpoint": ckpt, "train": None}
+                rep, wall, ran = run_cached(
+                    tree,
+                    d,
+                    f"member {v} @ {b:g}, seed {s}",
+                    overwrite=args.overwrite,
+                    smoke=args.smoke,
+                    command=command,
+                )
+                p, bl = rep["pruned"], rep["baseline"]
+                members.append(
+                    {
+                        "variant": v,
+                        "budget": b,
+                        "seed": s,
+                        "member": m["member"],
+                        "predicted_ratio": m["predicted_ms"] / full,
+                        "mean_density": m["mean_density"],
+                        "mean_width_ratio": m["mean_width_ratio"],
+                        "top1": p["top1"],
+                        "macs": p["macs"],
+                        "effective_macs": p.get("effective_macs"),
+                        "params": p["params"],
+                        "latency_ms": p.get("latency_ms"),
+                        "latency_ratio": (p["latency_ms"] / bl["latency_ms"])
+                        if p.get("latency_ms")
+                        else None,
+                        "latency_ms_batch": p.get("latency_ms_batch"),
+                        "wall_s": wall,
+                        "load_avg": load_avg() if ran else None,
+                    }
+                )
+    summary = _summarize(args, hv, ref, fronts, searches, members)
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", _markdown(summary, command))
+    try:
+        _plot(fronts, out / "fronts.png")
+    except (ImportError, OSError) as exc:
+        print(f"no plot: {exc}", flush=True)
+    print(_markdown(summary, command), flush=True)
+
+
+def _summarize(args, hv, ref, fronts, searches, members) -> dict:
+    agg = []
+    for v in args.variants:
+        for b in args.budgets:
+            rows = [m for m in members if m["variant"] == v and m["budget"] == b and not m.get("skipped")]
+            if not rows:
+                continue
+            t, ts = mean_std([r["top1"] for r in rows])
+            lr, lrs = mean_std([r["latency_ratio"] for r in rows])
+            agg.append(
+                {
+                    "variant": v,
+                    "budget": b,
+                    "n": len(rows),
+                    "top1": t,
+                    "top1_std": ts,
+                    "latency_ratio": lr,
+                    "latency_ratio_std": lrs,
+                    "predicted_ratio": rows[0]["predicted_ratio"],
+                    "mean_density": rows[0]["mean_density"],
+                    "mean_width_ratio": rows[0]["mean_width_ratio"],
+                }
+            )
+    comps = []
+    for other in ("channels", "weights"):
+        if "joint" not in args.variants or other not in args.variants:
+            continue
+        for b in args.budgets:
+            a = {
+                m["seed"]: m["top1"]
+                for m in members
+                if m["variant"] == "joint" and m["budget"] == b and "top1" in m
+            }
+            o = {
+                m["seed"]: m["top1"]
+                for m in members
+                if m["variant"] == other and m["budget"] == b and "top1" in m
+            }
+            comps.append({"budget": b, **compare(a, o, "joint", other)})
+    joint = fronts.get("joint", ([], 1.0))[0]
+    return {
+        "runtime": args.runtime,
+        "hypervolume": hv,
+        "reference_point": list(ref),
+        "searches": searches,
+        "joint_front_mean_density": (sum(r["mean_density"] for r in joint) / len(joint)) if joint else None,
+        "members": members,
+        "aggregates": agg,
+        "comparisons": comps,
+    }
+
+
+def _markdown(s: dict, command: str) -> str:
+    lines = [
+        f"`{command}`",
+        "",
+        f"Runtime: {s['runtime']}.",
+        "",
+        "| front | hypervolume | search wall |",
+        "|---|---:|---:|",
+    ]
+    for v, h in s["hypervolume"].items():
+        lines.append(f"| {v} | {h:.4f} | {s['searches'][v]['wall_s']:.0f} s |")
+    lines += [
+        "",
+        f"Reference point (proxy loss, latency ratio): {s['reference_point'][0]:.3f}, {s['reference_point'][1]:.2f}.",
+        f"Joint front mean density: {s['joint_front_mean_density']:.3f}."
+        if s["joint_front_mean_density"]
+        else "",
+        "",
+        "| variant | budget | n | top-1 | measured latency ratio | predicted ratio | mean density | mean width |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for a in s["aggregates"]:
+        lines.append(
+            f"| {a['variant']} | {a['budget']:g} | {a['n']} | {100 * a['top1']:.2f} ± {100 * a['top1_std']:.2f} | "
+            f"{_f(a['latency_ratio'])} ± {_f(a['latency_ratio_std'])} | {a['predicted_ratio']:.3f} | "
+            f"{a['mean_density']:.2f} | {a['mean_width_ratio']:.2f} |"
+        )
+    lines += ["", "| budget | joint vs | Δ top-1 (pp) | spread | verdict |", "|---:|---|---:|---:|---|"]
+    for c in s["comparisons"]:
+        lines.append(
+            f"| {c['budget']:g} | {c['b']} | {_f(100 * c['diff_mean'], '+.2f')} | {_f(100 * c['spread'], '.2f')} | {c['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _f(x: float | None, spec: str = ".3f") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+if __name__ == "__main__":
+    main()
