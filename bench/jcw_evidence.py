@@ -83,10 +83,8 @@ def _hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) ->
 
 def _front(run_dir: Path) -> tuple[list[dict], float]:
     """The front rows of a search run and the unpruned model's predicted ms (from its report)."""
-    rows = json.loads((run_dir / "front" / "front.json").read_text())["members"]
-    rep = json.loads((run_dir / "report.json").read_text())
-    full = rep["extra"]["search"]["full_ms"]
-    return rows, full
+    front = json.loads((run_dir / "front" / "front.json").read_text())
+    return front["members"], float(front["full_ms"])
 
 
 def _pick(rows: list[dict], full: float, budget: float) -> dict | None:

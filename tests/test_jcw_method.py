@@ -229,3 +229,22 @@ def test_an_unreachable_latency_target_is_one_line_before_any_search(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "smallest model of the search space" in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "run" / "jcw" / "search.pt").exists()
+
+
+def test_plan_method_picks_the_best_front_member_within_a_latency(tmp_path):
+    from prunekit.errors import PrunekitError
+    from prunekit.methods.plan import FrontPick, pick_member
+
+    rows = [
+        {"member": 0, "file": "member-0.json", "predicted_ms": 2.0, "proxy_loss": 0.9},
+        {"member": 1, "file": "member-1.json", "predicted_ms": 3.0, "proxy_loss": 0.7},
+        {"member": 2, "file": "member-2.json", "predicted_ms": 4.0, "proxy_loss": 0.5},
+    ]
+    (tmp_path / "front.json").write_text(json.dumps({"full_ms": 5.0, "members": rows}))
+    assert pick_member(tmp_path, FrontPick(latency_ms=3.5)).name == "member-1.json"
+    assert pick_member(tmp_path, FrontPick(latency_ratio=0.8)).name == "member-2.json"  # 4.0 <= 0.8 x 5
+    assert pick_member(tmp_path, FrontPick(latency_ratio=0.5)).name == "member-0.json"
+    with pytest.raises(PrunekitError, match="fastest: 2 ms"):
+        pick_member(tmp_path, FrontPick(latency_ms=1.0))
+    with pytest.raises(ValueError):
+        FrontPick()

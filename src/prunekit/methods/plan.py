@@ -7,6 +7,7 @@ width list is ever copied by hand (the JCW seed's ``generate_training_config.py`
 
     method: {name: plan, plan: runs/jcw/front/member-3.json, init: scratch,
              train: {regular: {epochs: 30, lr: 0.1}, admm: {epochs: 5, lr: 0.005}, ft: {epochs: 5, lr: 0.005}}}
+    method: {name: plan, plan: runs/jcw/front, pick: {latency_ratio: 0.5}}   # the best member within a budget
 
 ``init: scratch`` builds the pruned network from the model spec's own initialisation (JCW trains its members from
 scratch); ``init: model`` prunes the run's baseline (trained) weights instead. Then ``train.regular`` trains the
@@ -20,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prunekit.errors import PrunekitError
 from prunekit.methods.base import MethodContext, MethodResult, fresh_model
@@ -34,15 +35,60 @@ BUDGET_METRICS = ("macs", "params", "latency_ms")
 """A plan is given, not fitted: a target is only reported against (asked vs achieved)."""
 
 
+class FrontPick(BaseModel):
+    """Which member of a front to train: the one with the lowest proxy loss whose predicted latency is at most
+    ``latency_ms`` or ``latency_ratio`` x the unpruned model's predicted latency (``front.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    latency_ms: float | None = Field(None, gt=0)
+    latency_ratio: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> FrontPick:
+        if (self.latency_ms is None) == (self.latency_ratio is None):
+            raise ValueError("give pick.latency_ms or pick.latency_ratio (one of them)")
+        return self
+
+
 class PlanConfig(BaseModel):
-    """Options of the ``plan`` method: ``plan`` (path of a plan JSON), ``init`` (``scratch`` | ``model``),
-    ``train`` (:class:`~prunekit.train.admm.SparseTrainConfig`)."""
+    """Options of the ``plan`` method: ``plan`` (a plan JSON, or a JCW run's ``front`` directory with ``pick``),
+    ``init`` (``scratch`` | ``model``), ``train`` (:class:`~prunekit.train.admm.SparseTrainConfig`)."""
 
     model_config = ConfigDict(extra="forbid")
     name: Literal["plan"] = "plan"
     plan: str
+    pick: FrontPick | None = None
     init: Literal["scratch", "model"] = "scratch"
     train: SparseTrainConfig = Field(default_factory=SparseTrainConfig)
+
+
+def pick_member(front_dir: Path, pick: FrontPick) -> Path:
+    """The plan file of the front member ``pick`` selects (see :class:`FrontPick`).
+
+    Raises:
+        PrunekitError: no ``front.json`` in ``front_dir``, or no member within the latency.
+    """
+    import json
+
+    index = front_dir / "front.json"
+    if not index.is_file():
+        raise PrunekitError(
+            f"{front_dir} has no front.json: give a jcw run's front/ directory (or a plan file)"
+        )
+    front = json.loads(index.read_text())
+    members = front["members"]
+    if pick.latency_ms is not None:
+        limit, what = float(pick.latency_ms), f"{pick.latency_ms:g} ms"
+    else:
+        full = float(front["full_ms"])
+        limit, what = float(pick.latency_ratio) * full, f"{pick.latency_ratio:g} of the unpruned latency"
+    ok = [m for m in members if m["predicted_ms"] <= limit * (1 + 1e-9)]
+    if not ok:
+        fastest = min(m["predicted_ms"] for m in members)
+        raise PrunekitError(
+            f"no member of {front_dir} is predicted within {what} (the fastest: {fastest:.4g} ms): raise the budget"
+        )
+    return front_dir / min(ok, key=lambda m: m["proxy_loss"])["file"]
 
 
 Config = PlanConfig
@@ -60,6 +106,12 @@ def run(ctx: MethodContext, cfg: PlanConfig) -> MethodResult:
             a phase needs ``prunekit run`` (no training function).
     """
     path = Path(cfg.plan)
+    if path.is_dir():
+        if cfg.pick is None:
+            raise PrunekitError(
+                f"{path} is a directory: give method.pick (latency_ms or latency_ratio) to choose a member"
+            )
+        path = pick_member(path, cfg.pick)
     if not path.is_file():
         raise PrunekitError(
             f"plan file not found: {path} (a plan.json, or a jcw run's front/member-<i>.json)"

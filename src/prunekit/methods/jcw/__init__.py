@@ -332,7 +332,9 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
         out_dir=out / "jcw",
         fingerprint=fp,
     )
-    plans, rows = save_front(out / "front", enc, ctx.cost, outcome.genes, outcome.objectives, spec=ctx.spec)
+    plans, rows = save_front(
+        out / "front", enc, ctx.cost, outcome.genes, outcome.objectives, spec=ctx.spec, full_ms=full_ms
+    )
     figures = {}
     fig = plot_front(outcome.history, rows, out / "jcw" / "front.png")
     if fig is not None:

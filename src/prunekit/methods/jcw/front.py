@@ -46,8 +46,10 @@ def save_front(
     objectives: np.ndarray,
     *,
     spec: str | None,
+    full_ms: float,
 ) -> tuple[list[Plan], list[dict[str, Any]]]:
-    """Write ``<out_dir>/member-{i}.json`` for every front member and ``<out_dir>/front.json``.
+    """Write ``<out_dir>/member-{i}.json`` for every front member and ``<out_dir>/front.json`` (``full_ms``: the
+    unpruned model's predicted latency, for the members' ``predicted_ratio``).
 
     Returns:
         ``(plans, rows)``: the members' plans (latency order) and one summary row per member.
@@ -63,6 +65,7 @@ def save_front(
             "member": i,
             "file": f"member-{i}.json",
             "predicted_ms": float(objectives[k, 1]),
+            "predicted_ratio": float(objectives[k, 1] / full_ms),
             "proxy_loss": float(objectives[k, 0]),
             "macs": int(c.macs),
             "effective_macs": int(c.effective_macs),
@@ -77,7 +80,7 @@ def save_front(
         plan.save(out_dir / row["file"])
         plans.append(plan)
         rows.append(row)
-    write_json(out_dir / "front.json", {"members": rows})
+    write_json(out_dir / "front.json", {"full_ms": float(full_ms), "members": rows})
     return plans, rows
 
 
