@@ -138,6 +138,7 @@ def test_jcw_end_to_end_on_fashion_mnist(tmp_path, capsys, monkeypatch, r20_lut)
             "member": {"regular": tiny, "admm": {"epochs": 0.3, "lr": 0.005}, "rho": 0.01, "ft": tiny},
         },
         "finetune": {"epochs": 0.2, "lr": 0.01},
+        "export": {"onnx": False, "latency": False},  # measured latency is the pipeline's, tested elsewhere
     }
     path = tmp_path / "jcw.yaml"
     path.write_text(yaml.safe_dump(cfg))
