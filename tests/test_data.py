@@ -542,3 +542,26 @@ def test_digits():
     assert "digits: train 1294 / val 144 / test 359" in b0.summary()
     x, y = next(iter(b0.train))
     assert x.shape == (128, 1, 28, 28) and y.max() <= 9
+
+
+def test_proxy_split_is_seeded_per_class_and_disjoint_and_loaders_take_indices():
+    from prunekit.data.splits import proxy_split
+
+    b = build_data(DataConfig(name="fashion_mnist", seed=0, subset_train=2000))
+    labels = b.split_labels("train")
+    tr, va = proxy_split(labels, classes=4, train_per_class=30, val_per_class=7, seed=3)
+    assert len(np.intersect1d(tr, va)) == 0
+    chosen = np.unique(labels[tr])
+    assert len(chosen) == 4 and set(np.unique(labels[va])) == set(chosen)
+    assert all((labels[tr] == c).sum() == 30 and (labels[va] == c).sum() == 7 for c in chosen)
+    again = proxy_split(labels, classes=4, train_per_class=30, val_per_class=7, seed=3)
+    assert np.array_equal(again[0], tr) and np.array_equal(again[1], va)
+    other = proxy_split(labels, classes=4, train_per_class=30, val_per_class=7, seed=4)
+    assert not np.array_equal(other[0], tr)
+    loader = b.make_loader("train", batch_size=64, indices=va)
+    assert sum(len(y) for _, y in loader) == len(va)
+    assert sorted(torch.cat([y for _, y in loader]).tolist()) == sorted(labels[va].tolist())
+    with pytest.raises(PrunekitError, match="fewer than train_per_class"):
+        proxy_split(labels, classes=None, train_per_class=500, val_per_class=50, seed=0)
+    with pytest.raises(PrunekitError, match="classes <= 10"):
+        proxy_split(labels, classes=11, train_per_class=1, val_per_class=1, seed=0)
