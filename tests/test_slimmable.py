@@ -32,8 +32,7 @@ def _setup(seed=0):
 class Probe(Callback):
     """Runs after the supernet's on_batch_begin: records the masked forward against the pruned network's."""
 
-    def __init__(self, space, sup):
-        self.space, self.sup, self.diffs, self.plans = space, sup, [], []
+    masked_out = None
 
     def on_batch_begin(self, state, batch):
         x = batch[0]
@@ -52,7 +51,7 @@ def test_masked_step_is_the_pruned_network_and_sliced_weights_get_no_gradient():
     plan = enc.decode(enc.bounds.low)
     assert plan.groups and any(lc.density for lc in plan.layers.values())  # a real cut: channels and blocks
     sup = SupernetCallback(space, [plan], sparse=True)
-    probe = Probe(space, sup)
+    probe = Probe()
     train, _ = loaders(n_train=32, bs=32)
     x, _y = next(iter(train))
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
