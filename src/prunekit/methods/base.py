@@ -138,6 +138,26 @@ def fresh_model(ctx: MethodContext) -> nn.Module:
             return model
 
 
+def train_plan(
+    ctx: MethodContext, base: nn.Module, plan: Plan, recipe: Any, *, tag: str
+) -> tuple[nn.Module, dict]:
+    """JCW's SparseTrainer on ``plan`` (Zhao et al. 2021, seed ``lib/Trainer``): the dense, channel-pruned network of
+    ``base`` (``without_densities``), trained with ``recipe.regular`` when given (``ctx.train``, tag
+    ``{tag}_regular``, best on val), then ADMM and masked FT toward the plan's densities
+    (:func:`prunekit.train.admm.train_sparse`; the masks are applied even when both phases are ``null``).
+
+    Returns:
+        ``(network, facts)`` (facts of :func:`~prunekit.train.admm.train_sparse`).
+    """
+    from prunekit.space import apply, without_densities
+    from prunekit.train.admm import admm_targets, train_sparse
+
+    net = apply(base, without_densities(plan), ctx.space)
+    if recipe.regular is not None:
+        ctx.train(net, recipe.regular, tag=f"{tag}_regular", select="best")  # type: ignore[misc]
+    return net, train_sparse(net, admm_targets(plan), ctx.train, recipe, tag=tag)  # type: ignore[arg-type]
+
+
 def _round_to(value: int | str) -> int | str:
     if value not in ("auto", "lut") and int(value) < 1:
         raise ValueError("round_to must be >= 1 or 'auto'")

@@ -24,10 +24,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodContext, MethodResult, fresh_model
-from prunekit.space import Plan, apply, without_densities
-from prunekit.space.realise import density_masks
-from prunekit.train.admm import SparseTrainConfig, admm_targets, train_sparse
+from prunekit.methods.base import MethodContext, MethodResult, fresh_model, train_plan
+from prunekit.space import Plan
+from prunekit.train.admm import SparseTrainConfig
 
 __all__ = ["BUDGET_METRICS", "Config", "PlanConfig", "run"]
 
@@ -128,15 +127,7 @@ def run(ctx: MethodContext, cfg: PlanConfig) -> MethodResult:
     if phases and ctx.train is None:
         raise PrunekitError("the plan method trains: run it through `prunekit run`")
     base = fresh_model(ctx) if cfg.init == "scratch" else ctx.model
-    net = apply(base, without_densities(plan), ctx.space)
-    if recipe.regular is not None:
-        ctx.train(net, recipe.regular, tag="plan_regular", select="best")  # type: ignore[misc]
-    targets = admm_targets(plan)
-    if targets and (recipe.admm is not None or recipe.ft is not None):
-        facts = train_sparse(net, targets, ctx.train, recipe, tag="plan")  # type: ignore[arg-type]
-    else:  # no sparse phase: the plan's densities are realised from the current weights (L2 blocks)
-        density_masks(net, plan).apply_(net)
-        facts = {"sparse_layers": len(targets)}
+    net, facts = train_plan(ctx, base, plan, recipe, tag="plan")
     plan.meta.update({"plan_file": str(path), "init": cfg.init})
     return MethodResult(
         plan=plan,

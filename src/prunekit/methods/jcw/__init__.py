@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from prunekit.cost.lut import load_table
 from prunekit.cost.predict import LatencyModel
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodContext, MethodResult, fresh_model, require_budget
+from prunekit.methods.base import MethodContext, MethodResult, fresh_model, require_budget, train_plan
 from prunekit.methods.jcw.front import plot_front, save_front
 from prunekit.methods.jcw.search import Proxy, latencies, run_search_phase
 from prunekit.search.encoding import (
@@ -66,9 +66,9 @@ from prunekit.search.encoding import (
     WidthGenes,
 )
 from prunekit.search.nsga2 import NSGA2, NSGA2Config
-from prunekit.space import Plan, apply, without_densities
+from prunekit.space import Plan
 from prunekit.train import TrainConfig
-from prunekit.train.admm import SparseTrainConfig, admm_targets, train_sparse
+from prunekit.train.admm import SparseTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -266,21 +266,6 @@ def _pick(ctx: MethodContext, plans: list[Plan], rows: list[dict[str, Any]], ful
     return min(ok, key=lambda i: rows[i]["proxy_loss"])
 
 
-def _train_member(
-    ctx: MethodContext, cfg: JCWConfig, plan: Plan, supernet: nn.Module
-) -> tuple[nn.Module, dict]:
-    """REGULAR (the channel-pruned dense net from the spec's initialisation; ``regular: null`` starts from the
-    supernet's weights), then ADMM and FT (:func:`~prunekit.train.admm.train_sparse`) on the run's data."""
-    dense = without_densities(plan)
-    if cfg.member.regular is not None:
-        net = apply(fresh_model(ctx), dense, ctx.space)
-        ctx.train(net, cfg.member.regular, tag="jcw_regular", select="best")  # type: ignore[misc]
-    else:
-        net = apply(supernet, dense, ctx.space)
-    facts = train_sparse(net, admm_targets(plan), ctx.train, cfg.member, tag="jcw")  # type: ignore[arg-type]
-    return net, facts
-
-
 def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
     """Search, write the front, train the member that meets the budget (see the module docstring).
 
@@ -344,7 +329,9 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
     for name, lc in plan.layers.items():  # the trained masks are L2 block masks (ADMM / FT)
         if lc.density is not None:
             plan.layers[name] = lc.model_copy(update={"criterion": "l2"})
-    net, member_facts = _train_member(ctx, cfg, plan, supernet)
+    # REGULAR from the spec's initialisation; `regular: null` starts from the supernet's weights
+    base = fresh_model(ctx) if cfg.member.regular is not None else supernet
+    net, member_facts = train_plan(ctx, base, plan, cfg.member, tag="jcw")
     history = [
         {"step": h["generation"], "best_proxy_loss": h["best_loss"], "evaluated": h["evaluated"]}
         for h in outcome.history
