@@ -65,43 +65,36 @@ def _context(cfg, out: Path, seed: int):
 
 
 def _supernet(ctx, mcfg, enc, proxy, plans, mode: str, seed: int) -> tuple[object, float, int]:
-    """Train a supernet in ``mode``; returns (model, wall s, image passes)."""
+    """Train a supernet in ``mode`` as one generation of the search does (``finetune``: after the one-off training
+    on random encodings); returns (model, wall s, image passes)."""
     import copy
 
     from prunekit.methods.base import fresh_model
-    from prunekit.methods.jcw.search import train_supernet
+    from prunekit.methods.jcw.search import generation_training, initial_training
 
     sn = mcfg.supernet
     n_img = len(proxy.train) * proxy.train.batch_size if hasattr(proxy.train, "batch_size") else 0
     t0 = time.perf_counter()
-    passes = 0.0
+    model = copy.deepcopy(ctx.model)
+    epochs = sn.cns.epochs + sn.wp.epochs
     if mode == "finetune":
-        model = copy.deepcopy(ctx.model)
-
-        def draw(rng):
-            return enc.decode(enc.bounds.random(rng, 1)[0])
-
-        train_supernet(
-            model, ctx.space, proxy, sn.cns, draw, sparse=False, seed=seed, device="cpu", desc="cns"
-        )
-        train_supernet(
-            model, ctx.space, proxy, sn.wp, draw, sparse=True, seed=seed + 1, device="cpu", desc="wp"
-        )
-        ft = sn.wp.model_copy(update={"epochs": sn.finetune_epochs, "warmup_epochs": 0.0})
-        train_supernet(
-            model, ctx.space, proxy, ft, plans, sparse=True, seed=seed + 2, device="cpu", desc="ft"
-        )
-        passes = (sn.cns.epochs + sn.wp.epochs + sn.finetune_epochs) * n_img
-    else:
-        model = fresh_model(ctx)
-        train_supernet(
-            model, ctx.space, proxy, sn.cns, plans, sparse=False, seed=seed, device="cpu", desc="cns"
-        )
-        train_supernet(
-            model, ctx.space, proxy, sn.wp, plans, sparse=True, seed=seed + 1, device="cpu", desc="wp"
-        )
-        passes = (sn.cns.epochs + sn.wp.epochs) * n_img
-    return model, time.perf_counter() - t0, int(passes)
+        initial_training(model, ctx.space, enc, proxy, sn.cns, sn.wp, seed=seed, device="cpu")
+        epochs += sn.finetune_epochs
+    generation_training(
+        model,
+        lambda: fresh_model(ctx),
+        ctx.space,
+        proxy,
+        sn.cns,
+        sn.wp,
+        plans,
+        mode=mode,
+        finetune_epochs=sn.finetune_epochs,
+        seed=seed,
+        generation=0,
+        device="cpu",
+    )
+    return model, time.perf_counter() - t0, int(epochs * n_img)
 
 
 def main() -> None:

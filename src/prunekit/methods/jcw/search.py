@@ -43,7 +43,15 @@ from prunekit.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Proxy", "SearchOutcome", "latencies", "run_search_phase", "train_supernet"]
+__all__ = [
+    "Proxy",
+    "SearchOutcome",
+    "generation_training",
+    "initial_training",
+    "latencies",
+    "run_search_phase",
+    "train_supernet",
+]
 
 STATE_FORMAT = "prunekit.jcw.search/1"
 
@@ -109,6 +117,109 @@ def train_supernet(
     )
 
 
+def initial_training(
+    model: nn.Module,
+    space: ChannelSpace,
+    enc: GeneEncoding,
+    proxy: Proxy,
+    cns: TrainConfig,
+    wp: TrainConfig,
+    *,
+    seed: int,
+    device: str,
+    ckpt_dir: Path | None = None,
+) -> None:
+    """``finetune`` mode's one-off supernet training before the first generation: CNS then WP on uniformly random
+    encodings of the bounds (checkpointed under ``ckpt_dir`` when given)."""
+
+    def draw(rng: np.random.Generator) -> Plan:
+        return enc.decode(enc.bounds.random(rng, 1)[0])
+
+    cns_ck = ckpt_dir / "supernet_cns.ckpt" if ckpt_dir is not None else None
+    wp_ck = ckpt_dir / "supernet_wp.ckpt" if ckpt_dir is not None else None
+    train_supernet(
+        model,
+        space,
+        proxy,
+        cns,
+        draw,
+        sparse=False,
+        seed=seed,
+        device=device,
+        ckpt=cns_ck,
+        desc="jcw supernet (CNS)",
+    )
+    train_supernet(
+        model,
+        space,
+        proxy,
+        wp,
+        draw,
+        sparse=True,
+        seed=seed + 1,
+        device=device,
+        ckpt=wp_ck,
+        desc="jcw supernet (WP)",
+    )
+
+
+def generation_training(
+    model: nn.Module,
+    fresh: Callable[[], nn.Module],
+    space: ChannelSpace,
+    proxy: Proxy,
+    cns: TrainConfig,
+    wp: TrainConfig,
+    plans: list[Plan],
+    *,
+    mode: str,
+    finetune_epochs: float,
+    seed: int,
+    generation: int,
+    device: str,
+) -> None:
+    """One generation's supernet training on its candidates ``plans``: ``retrain`` -- re-initialised (``fresh()``)
+    and trained CNS + WP (the seed); ``finetune`` -- ``finetune_epochs`` of WP training (warm-up off)."""
+    gen = generation
+    if mode == "retrain":
+        model.load_state_dict(fresh().state_dict())
+        train_supernet(
+            model,
+            space,
+            proxy,
+            cns,
+            plans,
+            sparse=False,
+            seed=seed + 2 * gen,
+            device=device,
+            desc=f"jcw gen {gen} (CNS)",
+        )
+        train_supernet(
+            model,
+            space,
+            proxy,
+            wp,
+            plans,
+            sparse=True,
+            seed=seed + 2 * gen + 1,
+            device=device,
+            desc=f"jcw gen {gen} (WP)",
+        )
+    elif finetune_epochs > 0:
+        ft = wp.model_copy(update={"epochs": finetune_epochs, "warmup_epochs": 0.0})
+        train_supernet(
+            model,
+            space,
+            proxy,
+            ft,
+            plans,
+            sparse=True,
+            seed=seed + 1000 + gen,
+            device=device,
+            desc=f"jcw gen {gen} (finetune)",
+        )
+
+
 def run_search_phase(
     *,
     model: nn.Module,
@@ -148,35 +259,8 @@ def run_search_phase(
         history = list(state["history"])
         t_eval = float(state.get("eval_s", 0.0))
         log.info("jcw: resuming the search after generation %d", searcher.generation)
-    elif mode == "finetune":  # the one-off supernet training on random encodings of the bounds
-
-        def draw(rng: np.random.Generator) -> Plan:
-            return enc.decode(enc.bounds.random(rng, 1)[0])
-
-        train_supernet(
-            model,
-            space,
-            proxy,
-            cns,
-            draw,
-            sparse=False,
-            seed=seed,
-            device=device,
-            ckpt=out_dir / "supernet_cns.ckpt",
-            desc="jcw supernet (CNS)",
-        )
-        train_supernet(
-            model,
-            space,
-            proxy,
-            wp,
-            draw,
-            sparse=True,
-            seed=seed + 1,
-            device=device,
-            ckpt=out_dir / "supernet_wp.ckpt",
-            desc="jcw supernet (WP)",
-        )
+    elif mode == "finetune":
+        initial_training(model, space, enc, proxy, cns, wp, seed=seed, device=device, ckpt_dir=out_dir)
     bar = progress_bar(total=searcher.max_generations, desc="jcw search", unit="gen")
     bar.update(searcher.generation)
     try:
@@ -186,43 +270,20 @@ def run_search_phase(
             parents = searcher.pop.copy()
             R = np.concatenate([parents, offspring]) if len(parents) else offspring
             plans = [enc.decode(g) for g in R]
-            if mode == "retrain":
-                model.load_state_dict(fresh().state_dict())
-                train_supernet(
-                    model,
-                    space,
-                    proxy,
-                    cns,
-                    plans,
-                    sparse=False,
-                    seed=seed + 2 * gen,
-                    device=device,
-                    desc=f"jcw gen {gen} (CNS)",
-                )
-                train_supernet(
-                    model,
-                    space,
-                    proxy,
-                    wp,
-                    plans,
-                    sparse=True,
-                    seed=seed + 2 * gen + 1,
-                    device=device,
-                    desc=f"jcw gen {gen} (WP)",
-                )
-            elif finetune_epochs > 0:
-                ft = wp.model_copy(update={"epochs": finetune_epochs, "warmup_epochs": 0.0})
-                train_supernet(
-                    model,
-                    space,
-                    proxy,
-                    ft,
-                    plans,
-                    sparse=True,
-                    seed=seed + 1000 + gen,
-                    device=device,
-                    desc=f"jcw gen {gen} (finetune)",
-                )
+            generation_training(
+                model,
+                fresh,
+                space,
+                proxy,
+                cns,
+                wp,
+                plans,
+                mode=mode,
+                finetune_epochs=finetune_epochs,
+                seed=seed,
+                generation=gen,
+                device=device,
+            )
             t0 = time.perf_counter()
             loss = proxy_losses(model, space, plans, proxy.bn_batches, proxy.val, device=device)
             t_eval += time.perf_counter() - t0
