@@ -44,6 +44,7 @@ from typing import Any
 from _study import compare, config_tree, load_avg, mean_std, run_cached, seeded
 from prunekit.config import load_config, parse_config
 from prunekit.io import write_json, write_text
+from prunekit.models import parse_spec
 from prunekit.pipeline import train_only
 
 VARIANTS = {
@@ -98,9 +99,7 @@ def _lut(base: dict, out: Path, runtime: str, python: str | None, smoke: bool) -
     data = base["data"]
     gray = data["name"] in ("fashion_mnist", "mnist", "digits")
     size = "28" if gray else str(data.get("image_size") or 32)
-    spec = f"{base['model']}:in_chans=1" if gray and ":" not in base["model"] else base["model"]
-    if gray and ":" in base["model"]:
-        spec = f"{base['model']},in_chans=1"
+    spec = parse_spec(base["model"]).with_options(in_chans=1).to_string() if gray else base["model"]
     cmd = [
         sys.executable,
         "-m",
