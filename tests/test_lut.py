@@ -113,6 +113,32 @@ def test_predictions_are_monotone_vectorised_and_use_the_unaligned_grid(monkeypa
     assert lm.predict(plan) == pytest.approx(lm(aligned))
 
 
+def test_a_depthwise_conv_off_multiples_of_4_reads_its_own_unblocked_grid(monkeypatch, tmp_path):
+    """ONNX Runtime blocks a depthwise conv only at channel counts that are multiples of 4 (off them it costs ~2.3x
+    on this machine): the table must measure such counts (``1o``), not read the blocked ones of ``1u``."""
+
+    def dw_runnable(cfg: LayerConfig, batch, runtime, threads):
+        depthwise = cfg.groups > 1 and cfg.groups == cfg.c_in == cfg.c_out
+        ms = 1e-3 * cfg.c_out * (3.0 if cfg.c_out % 4 else 1.0) if depthwise else 1e-6 * cfg.c_in * cfg.c_out
+        return lambda ms=ms: ms
+
+    monkeypatch.setattr(lut_mod, "runnable", dw_runnable)
+    monkeypatch.setattr(lut_mod, "time_interleaved", lambda fns, runtime, **kw: [fn() for fn in fns])
+    model = DepthwiseChain().eval()
+    table = build_table(model, SHAPE, tmp_path / "t.json", points=4, groups=(1,), overhead=fake_overhead)
+    dw = table.entries[table.layer_entry["dw2"]]
+    assert dw.tied and dw.grids["1o"].c_out and all(c % 4 for c in dw.grids["1o"].c_out)
+    assert all(c % 4 == 0 for c in dw.grids["1u"].c_out)
+    space = ChannelSpace.build(model, SHAPE, quiet=True)
+    lm = LatencyModel(table, space)
+    group = next(i for i, g in enumerate(space.groups) if "dw2" in g.member_modules())
+    for c, factor in ((7, 3.0), (12, 1.0)):  # 7: unblocked (1o); 12: blocked, computed on 16 channels
+        w = space.channels.copy()
+        w[group] = c
+        got = float(lm.layer_ms(w[None])["dw2"][0])
+        assert got == pytest.approx(1e-3 * (c if factor > 1 else 16) * factor, rel=1e-9), c
+
+
 def test_a_table_from_another_machine_is_refused(monkeypatch, tmp_path):
     fake_time(monkeypatch)
     path = tmp_path / "t.json"
@@ -296,3 +322,18 @@ def test_the_overhead_fit_resists_one_calibration_model_timed_in_a_slow_phase():
     y[3] += 5.0  # one model measured 5 ms too slow
     fit = robust_fit(x, y)
     assert abs(fit[0] - truth[0]) < 0.1 and abs(np.linalg.lstsq(x, y, rcond=None)[0][0] - truth[0]) > 1.0
+
+
+def test_the_overhead_fit_keeps_each_coefficient_on_its_physical_side():
+    from prunekit.cost.predict import robust_fit
+
+    rng = np.random.default_rng(1)
+    x = np.column_stack([np.ones(14), rng.uniform(0, 1e6, 14), rng.uniform(0, 1e6, 14)])
+    feasible = x @ np.array([0.5, -1e-6, 2e-6]) + rng.normal(0, 0.01, 14)
+    np.testing.assert_allclose(
+        robust_fit(x, feasible, signs=[0, -1, 1]), robust_fit(x, feasible), rtol=1e-3, atol=1e-3
+    )
+    wrong = x @ np.array([0.5, -1e-6, -2e-6])  # the best fit would make a reorder save time
+    assert robust_fit(x, wrong)[2] < 0
+    fit = robust_fit(x, wrong, signs=[0, -1, 1])
+    assert fit[1] <= 0 and fit[2] >= 0 and fit[2] < 1e-9

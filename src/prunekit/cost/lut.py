@@ -71,7 +71,9 @@ class Entry(BaseModel):
     factors. ``grids["1"]`` is the layer as it is (dense, depthwise or its own grouping) at channel counts that are
     multiples of the unit; ``grids["1u"]`` the same layer at counts between them that are multiples of half the
     unit and ``grids["1o"]`` at input counts that are not (ONNX Runtime runs those without its blocked kernels: a
-    different, slower cost, not the next multiple's; see :mod:`~prunekit.cost.ort_layout`); ``grids["G"]``
+    different, slower cost, not the next multiple's; see :mod:`~prunekit.cost.ort_layout`; for a depthwise conv
+    the one channel count, which is unblocked off multiples of 4 and then costs ~2.3x the blocked kernel at 56x56
+    on this project's AVX2 machine); ``grids["G"]``
     (G > 1) the dense conv turned into a G-group conv. ``tied``: a depthwise conv (``c_in == c_out``, one axis)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -317,9 +319,14 @@ def plan_entries(
                 c_in=_unaligned(e.grids["1"].c_in, u_in, base_groups, s.depthwise or in_fixed),
                 c_out=_unaligned(e.grids["1"].c_out, u_out, base_groups, out_fixed),
             )
-            odd = _unaligned(e.grids["1"].c_in, u_in, base_groups, s.depthwise or in_fixed, offset=1)
-            if u_in > 2 and odd != e.grids["1u"].c_in and all(c % (u_in // 2) for c in odd):
-                e.grids["1o"] = Grid(c_in=odd, c_out=e.grids["1u"].c_out)
+            if s.depthwise:  # one channel count: ONNX Runtime blocks a depthwise conv at multiples of 4 only
+                odd = _unaligned(e.grids["1"].c_out, u_out, 1, out_fixed, offset=1)
+                if u_out > 2 and odd != e.grids["1u"].c_out and all(c % (u_out // 2) for c in odd):
+                    e.grids["1o"] = Grid(c_in=e.grids["1"].c_in, c_out=odd)
+            else:
+                odd = _unaligned(e.grids["1"].c_in, u_in, base_groups, in_fixed, offset=1)
+                if u_in > 2 and odd != e.grids["1u"].c_in and all(c % (u_in // 2) for c in odd):
+                    e.grids["1o"] = Grid(c_in=odd, c_out=e.grids["1u"].c_out)
         if can_regroup(s):
             for g in (int(g) for g in groups if int(g) > 1):
                 if g not in legal_conv_groups(s.in_size, s.out_size):

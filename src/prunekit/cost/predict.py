@@ -210,7 +210,8 @@ class LatencyModel:
             rest = sel & ~a
             odd_reader = self._readers.get((key, "1o"))
             if odd_reader is not None:
-                odd = rest & (ci % max(1, e.in_unit // 2) != 0)
+                half = max(1, (e.out_unit if e.tied else e.in_unit) // 2)  # depthwise: its one count
+                odd = rest & ((co if e.tied else ci) % half != 0)
                 if odd.any():
                     ms[odd] = odd_reader(ci[odd], co[odd])
                 rest = rest & ~odd
@@ -243,6 +244,14 @@ class LatencyModel:
         if self.layout is not None:
             return ["1", *_ORT_FEATURES]
         return ["1", "aligned traffic", "unaligned traffic"]
+
+    def feature_signs(self) -> list[int]:
+        """The sign each :meth:`features` coefficient must have (0: free) -- ONNX Runtime: the reorders the layers
+        paid alone are time the model does not spend (<= 0), its own reorders and unfused adds are time it does
+        spend (>= 0); other runtimes: free."""
+        if self.layout is not None:
+            return [0, *(_ORT_SIGNS[k] for k in _ORT_FEATURES)]
+        return [0, 0, 0]
 
     def overhead_ms(self, widths: np.ndarray, groups: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """The table's overhead fit at ``widths`` ``[N, G]`` (zeros for a table without one), ms ``[N]``."""
@@ -279,6 +288,7 @@ class LatencyModel:
 
 
 _ORT_FEATURES = ("alone", "transitions", "unfused")
+_ORT_SIGNS = {"alone": -1, "transitions": 1, "unfused": 1}
 
 
 def _aligned(c: np.ndarray, unit: np.ndarray, full: np.ndarray) -> np.ndarray:
@@ -339,7 +349,7 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
             feats = lm.features(widths, groups)
             r = np.asarray(measured[b]) - lm.batch(widths, None, groups)
             residual[str(b)] = [float(x) for x in r]
-            coef[str(b)] = [float(x) for x in robust_fit(feats, r)]
+            coef[str(b)] = [float(x) for x in robust_fit(feats, r, signs=lm.feature_signs())]
         return Overhead(
             labels=list(plans),
             names=lm.feature_names(),
@@ -364,19 +374,33 @@ def _groups_of(plans: Sequence[Plan]) -> dict[str, np.ndarray] | None:
     }
 
 
-def robust_fit(features: np.ndarray, residual: np.ndarray) -> np.ndarray:
+def robust_fit(
+    features: np.ndarray, residual: np.ndarray, *, signs: Sequence[int] | None = None
+) -> np.ndarray:
     """Coefficients ``[F]`` of ``residual [K] ~ features [K, F]``: a Cauchy-loss fit (``scipy.optimize.least_squares``,
     ``loss="cauchy"`` with a scale of the residuals' median absolute deviation) on column-scaled features, so one
-    calibration model timed during a slow phase of a shared machine does not drag the whole overhead fit."""
-    from scipy.optimize import least_squares
+    calibration model timed during a slow phase of a shared machine does not drag the whole overhead fit.
+
+    ``signs[f]`` (``-1`` / ``0`` / ``+1``) bounds coefficient ``f`` to ``<= 0`` / free / ``>= 0``: a dozen
+    calibration models can otherwise buy a better fit with a physically impossible coefficient (a reorder that
+    saves time), which then extrapolates badly to plans unlike the calibration ones."""
+    from scipy.optimize import least_squares, lsq_linear
 
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(residual, dtype=np.float64)
+    s = np.zeros(x.shape[1]) if signs is None else np.asarray(signs, dtype=np.float64)
+    lower = np.where(s > 0, 0.0, -np.inf)
+    upper = np.where(s < 0, 0.0, np.inf)
     scale = np.where(np.abs(x).max(axis=0) > 0, np.abs(x).max(axis=0), 1.0)
     xs = x / scale
-    start = np.linalg.lstsq(xs, y, rcond=None)[0]
+    start = lsq_linear(xs, y, bounds=(lower, upper)).x if s.any() else np.linalg.lstsq(xs, y, rcond=None)[0]
     mad = float(np.median(np.abs(y - xs @ start))) or float(np.std(y)) or 1e-6
-    fit = least_squares(lambda c: xs @ c - y, start, loss="cauchy", f_scale=max(mad, 1e-6))
+    if s.any():  # least_squares wants a start strictly inside its bounds
+        eps = 1e-12
+        start = np.clip(start, np.where(s > 0, eps, -np.inf), np.where(s < 0, -eps, np.inf))
+    fit = least_squares(
+        lambda c: xs @ c - y, start, loss="cauchy", f_scale=max(mad, 1e-6), bounds=(lower, upper)
+    )
     return fit.x / scale
 
 
