@@ -73,6 +73,20 @@ def test_run_end_to_end_writes_every_output(tmp_path, capsys, monkeypatch):
     assert report["pruned"]["params"] < report["baseline"]["params"]
     assert report["baseline"]["top1"] > 0.3  # two epochs on 2,000 real images is far above chance (0.1)
     assert {"baseline", "method", "finetune", "export"} <= set(report["wall_s"])
+    # the compute ledger: 2 baseline epochs are 2 reference epochs (of training; the per-epoch validation comes on
+    # top); the finetune epoch of the pruned net costs its MACs ratio of one; the run's own test / val evaluations
+    # are listed but not in the total
+    comp, c = report["compute"]["phases"], report["compute"]
+    epoch = 3 * c["reference_macs"] * report["dataset"]["sizes"]["train"]
+    assert c["reference_macs"] == report["baseline"]["macs"]
+    assert comp["baseline"]["train_macs"] / epoch == pytest.approx(2.0, rel=0.02)  # drop_last: 1,984 of 2,000
+    assert comp["baseline"]["forward_macs"] == pytest.approx(2 * 300 * c["reference_macs"])  # 2 validations
+    ratio = report["pruned"]["macs"] / report["baseline"]["macs"]
+    assert comp["finetune"]["train_macs"] / epoch == pytest.approx(ratio, rel=0.02) and ratio < 0.55
+    assert report["compute"]["excluded"] == ["evaluate"] and comp["evaluate"]["forward_macs"] > 0
+    total = sum(p["total_macs"] for k, p in comp.items() if k != "evaluate")
+    assert report["compute"]["total_macs"] == pytest.approx(total)
+    assert "## Compute" in (out / "report.md").read_text()
     lines = (out / "log.jsonl").read_text().splitlines()
     assert lines and all(json.loads(line) for line in lines)
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -93,6 +107,8 @@ def test_run_end_to_end_writes_every_output(tmp_path, capsys, monkeypatch):
     assert code == 0 and (out / "baseline.pt").stat().st_mtime_ns == mtime
     again = json.loads((out / "report.json").read_text())
     assert again["pruned"]["top1"] == report["pruned"]["top1"]
+    assert again["compute"]["phases"]["baseline"] == report["compute"]["phases"]["baseline"]  # charged once
+    assert again["compute"]["total_macs"] == pytest.approx(report["compute"]["total_macs"])
 
     # a different config into the same directory is refused
     changed = {**TINY, "seed": 3}

@@ -46,6 +46,7 @@ from prunekit.report import Report, training_warnings, write_report
 from prunekit.runs import BASELINE_FORMAT
 from prunekit.space import ChannelSpace, Plan, apply, density_masks
 from prunekit.train import SMOKE_DATA, TrainConfig, evaluate, fit, smoke_recipe
+from prunekit.train.compute import Ledger, use_ledger
 from prunekit.train.masking import MaskCallback
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class _Run:
         self.wall: dict[str, float] = {}
         self.history: dict[str, list] = {}
         self.state = RunState(out_dir / "state.json", config_hash(cfg))
+        self.ledger = Ledger()  # the run directory's compute.json once the run is opened (_start)
 
     @property
     def main(self) -> bool:
@@ -268,9 +270,8 @@ class _Run:
             load_weights(self.model, load_state(bc.checkpoint), bc.checkpoint)
         elif bc.train is not None:
             self._fit(self.model, bc.train, "baseline")
-        self.base_metrics = self.evaluate(self.model, "test")
-        if self.data.val is not None:
-            self.base_metrics["val_top1"] = self.evaluate(self.model, "val")["top1"]
+        with self.ledger.in_phase("evaluate"):
+            self.base_metrics = self._metrics(self.model)
         if self.main:
             save_checkpoint(
                 path,
@@ -356,7 +357,8 @@ class _Run:
     def export_and_report(self) -> dict:
         """Evaluate the pruned model, save and export it, measure latency, write the report (``report.json`` last)."""
         t0 = time.perf_counter()
-        pruned_metrics = self._metrics(self.pruned)
+        with self.ledger.in_phase("evaluate"):
+            pruned_metrics = self._metrics(self.pruned)
         self.wall["evaluate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         files, onnx_info = self._save_and_export()
@@ -456,6 +458,7 @@ class _Run:
             "baseline": _side(self.base_metrics, base_cost, count_params(self.model), lat["baseline"]),
             "pruned": _side(pruned_metrics, pruned_cost, count_params(self.pruned), lat["pruned"]),
             "wall_s": {k: round(v, 2) for k, v in self.wall.items()},
+            "compute": self.ledger.summary(self.base_macs, self.data.sizes.get("train", 0)),
             "history": {**self.history, "method": self.method_result.history},
             "groups": [
                 {"name": g.name, "channels": g.channels, "kept": int(w), "tags": sorted(g.tags)}
@@ -531,6 +534,11 @@ def _start(cfg: RunConfig, out_dir, *, smoke: bool, overwrite: bool, command: st
     r.prepare()  # raises before anything is written
     r.state.load(out, overwrite=overwrite and r.main)
     r.budget = r.state.keep_budget(r.budget)
+    if r.main:  # the compute ledger of the run (a fresh run starts a fresh one)
+        ledger = out / "compute.json"
+        if not r.state.data["phases"]:
+            ledger.unlink(missing_ok=True)
+        r.ledger = Ledger(ledger)
     if r.main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
@@ -564,10 +572,14 @@ def run(
             "then `prunekit run` with baseline.checkpoint"
         )
     r = _start(cfg, out_dir, smoke=smoke, overwrite=overwrite, command=command)
-    r.baseline()
-    r.method()
-    r.recover()
-    report = r.export_and_report()
+    with use_ledger(r.ledger):
+        with r.ledger.in_phase("baseline"):
+            r.baseline()
+        with r.ledger.in_phase("method"):
+            r.method()
+        with r.ledger.in_phase("finetune"):
+            r.recover()
+        report = r.export_and_report()
     r._done("report", {"pruned_top1": report["pruned"]["top1"]})
     return RunResult(r.out, report)
 
@@ -585,6 +597,7 @@ def train_only(
     from prunekit.train import cleanup
 
     r = _start(cfg, out_dir, smoke=smoke, overwrite=overwrite, command=command)
-    r.baseline()
+    with use_ledger(r.ledger), r.ledger.in_phase("baseline"):
+        r.baseline()
     cleanup()
     return RunResult(r.out, {"baseline": r.base_metrics, "wall_s": r.wall})

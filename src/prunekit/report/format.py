@@ -78,6 +78,13 @@ def fmt_params(x: Any, digits: int = 2) -> str:
     return _scaled(x, digits, ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e3, 1e3, "K")), "{v:.0f}")
 
 
+def fmt_count(x: Any, digits: int = 2) -> str:
+    """Format a large count (a run's training MACs): ``3.2e15`` -> ``"3.20P"``, ``4.1e12`` -> ``"4.10T"``, down
+    to ``"K"``; ``512`` -> ``"512"``."""
+    steps = ((1e15, 1e15, "P"), (1e12, 1e12, "T"), (1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e3, 1e3, "K"))
+    return _scaled(x, digits, steps, "{v:.0f}")
+
+
 def fmt_ms(x: Any) -> str:
     """Format milliseconds with precision that fits the size: ``0.7123`` -> ``"0.712 ms"``, ``45.2`` -> ``"45.20 ms"``."""
     v, shown = _shown(x)

@@ -33,6 +33,7 @@ from prunekit.report.format import (
     _ratio,
     _rel_change,
     _table,
+    fmt_count,
     fmt_factor,
     fmt_macs,
     fmt_ms,
@@ -247,6 +248,42 @@ def _wall_clock(r: Mapping) -> list[str]:
         rows.append([phase, fmt_seconds(sec), DASH if share is None else f"{100 * share:.0f}%"])
     rows.append(["**total**", f"**{fmt_seconds(total)}**", "100%" if total else DASH])
     return lines + _table(["phase", "time", "share"], rows) + [""]
+
+
+def _compute(r: Mapping) -> list[str]:
+    """Training compute per phase, in MACs and reference epochs (prunekit.train.compute)."""
+    c = _dict(r.get("compute"))
+    phases = _dict(c.get("phases"))
+    if not phases:
+        return []
+    rows = []
+    for name, p in phases.items():
+        p = _dict(p)
+        mark = " (not in the total)" if name in _list(c.get("excluded")) else ""
+        rows.append(
+            [
+                f"{name}{mark}",
+                f"{_num(p.get('train_images')) or 0:,.0f}",
+                fmt_count(p.get("train_macs")),
+                fmt_count(p.get("forward_macs")),
+                f"{_num(p.get('reference_epochs')) or 0:.2f}",
+            ]
+        )
+    rows.append(
+        [
+            "**total**",
+            "",
+            "",
+            f"**{fmt_count(c.get('total_macs'))}**",
+            f"**{_num(c.get('reference_epochs')) or 0:.2f}**",
+        ]
+    )
+    head = ["phase", "trained images", "training MACs", "forward MACs", "reference epochs"]
+    note = (
+        "A training image costs 3x its forward MACs; a reference epoch is one training epoch of the unpruned model "
+        f"({fmt_count(c.get('reference_macs'))} MACs x {_num(c.get('train_images')) or 0:,.0f} images x 3)."
+    )
+    return ["## Compute", ""] + _table(head, rows, ["l", "r", "r", "r", "r"]) + ["", note, ""]
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -507,6 +544,7 @@ _SECTIONS: tuple[Callable[[Mapping], list[str]], ...] = (
     _target,
     _constraints,
     _wall_clock,
+    _compute,
     _training,
     _groups,
     _layers,

@@ -207,6 +207,12 @@ class Report(_Model):
     wall_s: dict[str, Number] | None = Field(
         None, description="Wall-clock seconds per phase, plus 'total' (seconds)."
     )
+    compute: dict[str, Any] | None = Field(
+        None,
+        description="Training compute per phase (prunekit.train.compute.Ledger.summary): train / forward / total "
+        "MACs and reference epochs (one training epoch of the unpruned model = train images x 3 x its MACs); "
+        "'evaluate' (the run's own test / val measurements) is listed but not in the total.",
+    )
     history: dict[str, Any] | None = Field(
         None,
         description="Free-form rows per phase: {'baseline': [{'epoch', 'train_loss', 'val_top1', ...}], "

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 
 from prunekit.errors import PrunekitError
+from prunekit.train.compute import charge_forward
+from prunekit.train.distributed import get_world_size
 
 __all__ = ["bn_layers", "recalibrate_bn", "reset_bn_stats"]
 
@@ -97,12 +99,19 @@ def recalibrate_bn(
             bn.reset_running_stats()
             bn.momentum = momentum
             bn.train()
+        images, sample = 0, None
         for batch in loader:
             if n >= batches:
                 break
             x = batch[0] if isinstance(batch, list | tuple) else batch
-            model(x.to(dev, non_blocking=True))
+            x = x.to(dev, non_blocking=True)
+            if sample is None:
+                sample = x[:1]
+            model(x)
             n += 1
+            images += int(x.shape[0]) if x.dim() else 1
+        if sample is not None:  # every rank recalibrates on its own batches
+            charge_forward(model, sample, images * get_world_size())
     finally:
         for bn, mom in zip(layers, momenta, strict=True):
             bn.momentum = mom

@@ -44,6 +44,8 @@ from tqdm.auto import tqdm
 from prunekit.errors import PrunekitError
 from prunekit.io import load_checkpoint, save_checkpoint
 from prunekit.progress import progress_enabled
+from prunekit.train.compute import active as compute_active
+from prunekit.train.compute import charge_forward, forward_macs
 from prunekit.train.distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -119,6 +121,7 @@ class TrainState:
     rank: int = 0
     world_size: int = 1
     desc: str = "train"
+    sample: Any = None
 
 
 class Callback:
@@ -314,11 +317,13 @@ def evaluate(
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss_sum, correct1, correct5, n
+    sample = None
     try:
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
             x, y = _to_device(_split_batch(batch), dev)
+            sample = x if sample is None else sample
             logits = _logits(model(x))
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
             c1, c5 = _topk_correct(logits, y)
@@ -332,6 +337,8 @@ def evaluate(
     loss_sum, c1, c5, n = sums.tolist()
     if n == 0:
         raise PrunekitError("validation loader yielded no batches; check the dataset split / path")
+    if sample is not None:
+        charge_forward(model, sample, int(n))
     return {"top1": c1 / n, "top5": c5 / n, "loss": loss_sum / n, "n": int(n)}
 
 
@@ -650,6 +657,7 @@ def fit(
         jlog.close()
     for cb in callbacks:
         cb.on_train_end(state)
+    _charge_compute(state, train_loader, ckpt_file)
     if select == "best" and best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(
@@ -665,6 +673,23 @@ def fit(
 
 
 # ----------------------------------------------------------------------------------------------- fit: its parts
+
+
+def _charge_compute(state: TrainState, loader: Iterable[Any], ckpt: Path | None) -> None:
+    """Charge the active compute ledger (:mod:`prunekit.train.compute`) with this run's trained images (every
+    epoch of its history, resumed ones included), keyed by its checkpoint file."""
+    ledger = compute_active()
+    if ledger is None:
+        return
+    images = sum(int(h.get("train_n") or 0) for h in state.history)
+    if images == 0:
+        return
+    sample = state.sample
+    if sample is None:  # returned at once from a complete checkpoint: one batch for the MACs (RNG restored)
+        with torch.random.fork_rng(devices=[]):
+            sample = _to_device(_split_batch(next(iter(loader))), state.device)[0]
+    macs = forward_macs(state.model, sample)
+    ledger.charge_fit(str(ckpt.resolve()) if ckpt is not None else None, state.desc, images, macs)
 
 
 def _check_fit_args(
@@ -908,6 +933,8 @@ def _run_epoch(
                 if new is not None:
                     x, y = _split_batch(new)
             state.inputs, state.targets = x, y
+            if state.sample is None:
+                state.sample = x[:1].detach() if torch.is_tensor(x) else x
             out = state.train_model(x)
             loss = criterion(out, y)
             state.outputs, state.loss = out, loss
@@ -994,6 +1021,7 @@ def _run_epoch(
         "val_n": None,
         "img_s": n / max(train_s, 1e-9),
         "train_s": train_s,
+        "train_n": int(n),
         "_t0": t0,
     }
 
