@@ -1,0 +1,53 @@
+"""bench/arena.py --smoke: every entrant of task 1 end to end on real (tiny) Fashion-MNIST subsets, its cells, the
+compute ledger's equal budget and the report (issue #14)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not FMNIST.is_file(), reason="apt-get install dataset-fashion-mnist")
+def test_arena_smoke_runs_every_entrant_and_rebuilds_its_report(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from arena_entrants import ENTRANTS
+    finally:
+        sys.path.pop(0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PRUNEKIT_NO_PROGRESS": "1"}
+    cmd = [sys.executable, str(ROOT / "bench" / "arena.py"), "--smoke", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "logs").glob("*.log")))
+    assert done.returncode == 0 and "failed" not in done.stdout, done.stdout + done.stderr + logs
+    cells = {
+        p.parent.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("task1/*/seed0/cell.json")
+    }
+    assert set(cells) == set(ENTRANTS), sorted(cells)
+    ref = cells["dense"]["reference"]["macs"]
+    assert cells["dense"]["macs"] == ref  # the dense reference is not pruned
+    for name, c in cells.items():
+        assert 0.0 < c["top1"] <= 1.0, name
+        assert c["reference_epochs_spent"] > 0, name  # the ledger saw its training
+        assert c["reference"]["macs"] == ref, name  # every entrant is measured against the same reference
+        if name not in ("dense", "jcw"):  # jcw --smoke deploys its fastest member when none fits
+            assert c["macs"] <= 0.26 * ref, (name, c["macs"] / ref)
+    # the entrants that prune a trained model were each charged the one shared pretraining, the others nothing
+    shared = {n: c["reference_epochs_shared_pretraining"] for n, c in cells.items()}
+    assert shared["magnitude"] > 0 and shared["magnitude"] == shared["tp-magnitude"] == shared["gconv"]
+    assert shared["uniform"] == shared["scratch"] == shared["dense"] == 0
+    assert cells["magnitude"]["reference_epochs_spent"] > shared["magnitude"]
+    md = (tmp_path / "arena.md").read_text()
+    assert all(e.label in md for e in ENTRANTS.values())
+    assert (tmp_path / "task1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # re-running skips every finished cell and rebuilds the same table
+    again = subprocess.run(cmd + ["--report"], env=env, capture_output=True, text=True, timeout=120)
+    body = md.split("\n", 1)[1]  # below the command line, which now ends in --report
+    assert again.returncode == 0 and (tmp_path / "arena.md").read_text().split("\n", 1)[1] == body
