@@ -51,3 +51,28 @@ def test_arena_smoke_runs_every_entrant_and_rebuilds_its_report(tmp_path):
     again = subprocess.run(cmd + ["--report"], env=env, capture_output=True, text=True, timeout=120)
     body = md.split("\n", 1)[1]  # below the command line, which now ends in --report
     assert again.returncode == 0 and (tmp_path / "arena.md").read_text().split("\n", 1)[1] == body
+
+
+def test_every_entrant_of_every_task_is_a_valid_config_that_plans_the_whole_budget(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from arena import TASKS, task_tree
+        from arena_entrants import ENTRANTS, pretrain_tree, tp_split, tree
+    finally:
+        sys.path.pop(0)
+    from prunekit.config import parse_config
+
+    budget = 16.0
+    for task in TASKS:
+        base = task_tree(task, 1, tmp_path)
+        assert base["seed"] == base["data"]["seed"] == 1
+        parse_config(pretrain_tree(base, budget))
+        for name, e in ENTRANTS.items():
+            if e.kind == "tp":
+                split = tp_split(budget)
+            else:
+                t, split = tree(name, base, budget, 0.25, str(tmp_path / "baseline.pt"))
+                cfg = parse_config(t)  # every option exists and validates
+                assert cfg.method.name == ("uniform" if name == "dense" else name)
+                assert (cfg.baseline.checkpoint is not None) == e.pretrained, name
+            assert sum(split.values()) == pytest.approx(budget), (task, name, split)
