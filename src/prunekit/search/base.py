@@ -30,6 +30,12 @@ setup; a run killed at any point and restarted with the same checkpoint path res
 candidates evaluated in the same order, same final state), provided ``evaluate`` is deterministic. A checkpoint with
 another fingerprint is refused (:class:`~prunekit.errors.PrunekitError`).
 
+**Under torchrun** (``torch.distributed`` initialised) the evaluations of a round are sharded: each rank evaluates
+every ``world``-th candidate of a chunk, the objectives are all-gathered and every rank enters them in the same
+order, so all ranks hold the same searcher state and the result equals the one-process result exactly (objectives
+are exchanged, not reduced), provided ``evaluate`` gives each rank the same value for a candidate (its BN
+recalibration and evaluation batches the same on every rank); rank 0 writes the checkpoint.
+
 :class:`RandomSearch` is the reference implementation of the protocol (and the baseline searchers are compared
 against).
 """
@@ -50,6 +56,7 @@ import numpy as np
 from prunekit.errors import PrunekitError
 from prunekit.progress import progress_enabled
 from prunekit.search.genes import GeneBounds, new_rng, rng_from_state, rng_state
+from prunekit.train.distributed import all_gather_objects, get_rank, get_world_size
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -289,8 +296,9 @@ class _Loop:
         return True
 
     def save(self) -> None:
-        """Write the checkpoint atomically (nothing without a checkpoint path)."""
-        if self.path is not None:
+        """Write the checkpoint atomically (nothing without a checkpoint path; under ``torch.distributed`` rank 0
+        writes)."""
+        if self.path is not None and get_rank() == 0:
             from prunekit.io import write_json
 
             write_json(self.path, self.state())
@@ -311,8 +319,11 @@ class _Loop:
         Rows with ``ok`` False (rejected) get ``+inf``. A feasible row already in the cache is answered from it
         (a cache hit, unless it was evaluated in this same round before a restart: then it counts as evaluated);
         every other one is evaluated, in row order, checkpointing every :attr:`checkpoint_every` evaluations.
+        Under ``torch.distributed`` the evaluations are split across ranks (:meth:`_evaluate_sharded`).
         """
         start = self.batch_start
+        if get_world_size() > 1:  # evaluated across ranks first: below, every row is then found in the cache
+            self._evaluate_sharded(cands, ok)
         before_restart = set(itertools.islice(self.cache, start, None)) if len(self.cache) > start else set()
         rows: list[tuple[float, ...] | None] = [None] * len(cands)
         new = hits = since_save = 0
@@ -338,6 +349,40 @@ class _Loop:
             if f is not None:
                 objs[i] = f
         return objs, new, hits
+
+    def _evaluate_sharded(self, cands: np.ndarray, ok: np.ndarray) -> None:
+        """Under ``torch.distributed``: the round's candidates not in the cache (first appearance, row order) are
+        evaluated in chunks of ``world x checkpoint_every``, rank ``k`` taking every ``world``-th of a chunk; the
+        objectives are all-gathered and entered in the cache in row order on every rank, so the cache, the
+        searcher's state and the checkpoint (written by rank 0 after every chunk) are those of one process --
+        provided ``evaluate`` gives every rank the same value for the same candidate. :meth:`answer` then finds
+        every row cached (and counts the round's evaluations as it does after a restart)."""
+        todo: dict[tuple[int, ...], np.ndarray] = {}
+        for i in range(len(cands)):
+            key = tuple(int(v) for v in cands[i])
+            if ok[i] and key not in self.cache and key not in todo:
+                todo[key] = cands[i]
+        if not todo:
+            return
+        rank, world = get_rank(), get_world_size()
+        keys = list(todo)
+        chunk = world * (self.checkpoint_every or len(keys))
+        for c in range(0, len(keys), chunk):
+            part = keys[c : c + chunk]
+            t0 = time.perf_counter()
+            mine = {
+                k: _objectives(self.evaluate(todo[k].copy()), todo[k], self.m)
+                for j, k in enumerate(part)
+                if j % world == rank
+            }
+            self.eval_seconds += time.perf_counter() - t0
+            gathered: dict[tuple[int, ...], tuple[float, ...]] = {}
+            for d in all_gather_objects(mine):
+                gathered.update(d)
+            for k in part:
+                self.cache[k] = gathered[k]
+            self.m = self.m or len(gathered[part[0]])
+            self.save()
 
     def _evaluate(self, key: tuple[int, ...], genes: np.ndarray) -> tuple[float, ...]:
         """``evaluate(genes)`` checked (:func:`_objectives`), timed and cached under ``key``."""
