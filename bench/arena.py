@@ -23,7 +23,9 @@ together, an epoch of a net with half the MACs counting half. The split is plann
 and what each phase really spent is measured by prunekit's compute ledger (:mod:`prunekit.train.compute`, training
 = 3x forward MACs) and reported beside it. The pretraining is shared by the entrants that prune a trained model
 (one per task and seed; charged to each). 16 reference epochs on 20,000 images are ~320,000 image passes of the
-reference model: about 10 minutes per entrant and seed of task 1 on one core.
+reference model. Not yet right-sized: the first real pretraining (8 epochs, task 1, seed 0) ran at 132 img/s on one
+thread beside another job (20 min), so a whole cell would take ~40 min there, not the issue's ~10; budget and data
+size are to be re-timed on a quiet machine before the three-seed runs.
 
 Each entrant x task x seed is its own resumable run directory (``OUT/task<N>/<entrant>/seed<S>``, finished when its
 ``cell.json`` is there); ``--jobs 2`` runs two at a time (one torch thread each); ``--report`` rebuilds
@@ -240,7 +242,9 @@ def run_cell(out: Path, task: int, entrant: str, seed: int, budget: float, smoke
 
             cfg = smoke_config(cfg)
         _, _, cost = _space(base)
-        rep = run_tp(entrant, cfg, pre, d, r * cost.cost().macs, tp_finetune(budget, r))
+        rep = run_tp(
+            entrant, cfg, pre, d, r * cost.cost().macs, tp_finetune(budget, r), steps=7 if smoke else 14
+        )
         split = tp_split(budget)
     else:
         tr, split = tree(entrant, base, budget, r, str(pre / "baseline.pt") if pre else None)

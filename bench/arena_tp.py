@@ -38,14 +38,14 @@ def _pruner(kind: str, model: nn.Module, example: torch.Tensor, ratio: float, ba
 
 
 def prune_to_macs(
-    kind: str, model: nn.Module, shape: tuple, target_macs: float, batch: Any
+    kind: str, model: nn.Module, shape: tuple, target_macs: float, batch: Any, steps: int = 14
 ) -> tuple[nn.Module, float]:
-    """The largest torch-pruning net (global ratio bisected, 14 steps) whose MACs are <= ``target_macs``."""
+    """The largest torch-pruning net (global ratio bisected, ``steps`` steps) whose MACs are <= ``target_macs``."""
     from prunekit.cost.macs import measure_macs
 
     example = torch.randn(*shape)
     lo, hi, best = 0.0, 0.95, None
-    for _ in range(14):
+    for _ in range(steps):
         ratio = (lo + hi) / 2
         m = copy.deepcopy(model)
         m.train()
@@ -60,7 +60,9 @@ def prune_to_macs(
     return best
 
 
-def run_tp(kind: str, cfg, pretrain_dir: Path, out: Path, target_macs: float, finetune: dict) -> dict:
+def run_tp(
+    kind: str, cfg, pretrain_dir: Path, out: Path, target_macs: float, finetune: dict, *, steps: int = 14
+) -> dict:
     """Prune the shared pretraining's model with ``kind``, finetune it, evaluate and time it: the report-like dict
     ``{"pruned": {...}, "baseline": {...}, "compute": {...}, "wall_s": {...}}``."""
     from prunekit.cost.latency import interleaved_ort_latency
@@ -76,7 +78,7 @@ def run_tp(kind: str, cfg, pretrain_dir: Path, out: Path, target_macs: float, fi
     model, _ = load_baseline(pretrain_dir / "baseline.pt")
     shape = (1, data.in_chans, data.input_size, data.input_size)
     batch = next(iter(data.train))
-    pruned, ratio = prune_to_macs(kind, model, shape, target_macs, batch)
+    pruned, ratio = prune_to_macs(kind, model, shape, target_macs, batch, steps)
     out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out / "compute.json")
     with use_ledger(ledger), ledger.in_phase("finetune"):

@@ -266,6 +266,7 @@ def _compute(r: Mapping) -> list[str]:
                 f"{_num(p.get('train_images')) or 0:,.0f}",
                 fmt_count(p.get("train_macs")),
                 fmt_count(p.get("forward_macs")),
+                fmt_count(p.get("total_macs")),
                 f"{_num(p.get('reference_epochs')) or 0:.2f}",
             ]
         )
@@ -274,16 +275,17 @@ def _compute(r: Mapping) -> list[str]:
             "**total**",
             "",
             "",
+            "",
             f"**{fmt_count(c.get('total_macs'))}**",
             f"**{_num(c.get('reference_epochs')) or 0:.2f}**",
         ]
     )
-    head = ["phase", "trained images", "training MACs", "forward MACs", "reference epochs"]
+    head = ["phase", "trained images", "training MACs", "forward MACs", "MACs", "reference epochs"]
     note = (
         "A training image costs 3x its forward MACs; a reference epoch is one training epoch of the unpruned model "
         f"({fmt_count(c.get('reference_macs'))} MACs x {_num(c.get('train_images')) or 0:,.0f} images x 3)."
     )
-    return ["## Compute", ""] + _table(head, rows, ["l", "r", "r", "r", "r"]) + ["", note, ""]
+    return ["## Compute", ""] + _table(head, rows, ["l", "r", "r", "r", "r", "r"]) + ["", note, ""]
 
 
 # ---------------------------------------------------------------------------------------------- training
