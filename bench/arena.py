@@ -36,6 +36,7 @@ end on tiny data (``prunekit run --smoke``) into a temporary directory.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -108,6 +109,12 @@ def task_tree(task: int, seed: int, out: Path, smoke: bool = False) -> dict:
 
 
 def _space(tree_: dict):
+    """``(channel space, cost model)`` of a task tree's model (built once per model and data config)."""
+    return _space_of(json.dumps({"model": tree_["model"], "data": tree_["data"]}, sort_keys=True))
+
+
+@functools.cache
+def _space_of(key: str):
     from prunekit.config import parse_config
     from prunekit.cost.macs import CostModel
     from prunekit.data import build_data
@@ -115,11 +122,12 @@ def _space(tree_: dict):
     from prunekit.pipeline import resolved_spec
     from prunekit.space import ChannelSpace
 
+    tree_ = {**json.loads(key), "target": {"macs_ratio": 1.0}, "method": {"name": "uniform"}}
     cfg = parse_config(tree_)
     data = build_data(cfg.data)
     shape = (1, data.in_chans, data.input_size, data.input_size)
     space = ChannelSpace.build(create_model(resolved_spec(cfg, data)), shape, quiet=True)
-    return cfg, space, CostModel(space)
+    return space, CostModel(space)
 
 
 def macs_ratio(task: int, tree_: dict) -> float:
@@ -132,7 +140,7 @@ def macs_ratio(task: int, tree_: dict) -> float:
     from prunekit.cost.predict import LatencyModel
     from prunekit.space import uniform_widths
 
-    _, space, cost = _space(tree_)
+    space, cost = _space(tree_)
     lm = LatencyModel.load(tree_["target"]["latency_lut"], space)
     full, step = lm(space.channels), resolve_round_to("auto")
     lo, hi = 0.05, 1.0
@@ -151,7 +159,7 @@ def multistage_ratio(tree_: dict, r: float) -> float:
     reference (bisection on the cost model)."""
     from prunekit.space import uniform_widths
 
-    _, space, cost = _space(tree_)
+    space, cost = _space(tree_)
     full = cost.cost().macs
     lo, hi = 0.0, 0.99
     for _ in range(30):
@@ -241,7 +249,7 @@ def run_cell(out: Path, task: int, entrant: str, seed: int, budget: float, smoke
             from prunekit.pipeline import smoke_config
 
             cfg = smoke_config(cfg)
-        _, _, cost = _space(base)
+        _, cost = _space(base)
         rep = run_tp(
             entrant, cfg, pre, d, r * cost.cost().macs, tp_finetune(budget, r), steps=7 if smoke else 14
         )
@@ -365,6 +373,14 @@ def _plot(path: Path, title: str, by_entrant: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _job(args, out: Path, command: str, task: int, entrant: str, seed: int) -> None:
+    """One job: the shared pretraining (``entrant == "pretrain"``) or a cell."""
+    if entrant == "pretrain":
+        pretrain(out, task, seed, args.budget, args.smoke, command)
+    else:
+        run_cell(out, task, entrant, seed, args.budget, args.smoke, command)
+
+
 def _cell_here(args, out: Path, command: str, task: int, entrant: str, seed: int) -> int:
     """Run one job in this process; a failure is reported (with its traceback in the log) and counted."""
     import traceback
@@ -373,10 +389,7 @@ def _cell_here(args, out: Path, command: str, task: int, entrant: str, seed: int
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"[task {task}] {entrant} seed {seed}", flush=True)
     try:
-        if entrant == "pretrain":
-            pretrain(out, task, seed, args.budget, args.smoke, command)
-        else:
-            run_cell(out, task, entrant, seed, args.budget, args.smoke, command)
+        _job(args, out, command, task, entrant, seed)
     except (Exception, SystemExit):
         log.write_text(traceback.format_exc())
         print(f"[task {task}] {entrant} seed {seed}: FAILED (see {log})", flush=True)
@@ -424,10 +437,7 @@ def main() -> None:
     command = "python bench/arena.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--cell"))
     if args.cell:
         task, entrant, seed = int(args.cell[0]), args.cell[1], int(args.cell[2])
-        if entrant == "pretrain":
-            pretrain(out, task, seed, args.budget, args.smoke, command)
-        else:
-            run_cell(out, task, entrant, seed, args.budget, args.smoke, command)
+        _job(args, out, command, task, entrant, seed)
         return
     if not args.report:
         for task in args.task:

@@ -534,12 +534,11 @@ def _start(cfg: RunConfig, out_dir, *, smoke: bool, overwrite: bool, command: st
     r.prepare()  # raises before anything is written
     r.state.load(out, overwrite=overwrite and r.main)
     r.budget = r.state.keep_budget(r.budget)
-    if r.main:  # the compute ledger of the run (a fresh run starts a fresh one)
-        ledger = out / "compute.json"
+    if r.main:
+        ledger = out / "compute.json"  # the run's compute ledger (a fresh run starts a fresh one)
         if not r.state.data["phases"]:
             ledger.unlink(missing_ok=True)
         r.ledger = Ledger(ledger)
-    if r.main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
         r.state.save()

@@ -319,14 +319,12 @@ def plan_entries(
                 c_in=_unaligned(e.grids["1"].c_in, u_in, base_groups, s.depthwise or in_fixed),
                 c_out=_unaligned(e.grids["1"].c_out, u_out, base_groups, out_fixed),
             )
-            if s.depthwise:  # one channel count: ONNX Runtime blocks a depthwise conv at multiples of 4 only
-                odd = _unaligned(e.grids["1"].c_out, u_out, 1, out_fixed, offset=1)
-                if u_out > 2 and odd != e.grids["1u"].c_out and all(c % (u_out // 2) for c in odd):
-                    e.grids["1o"] = Grid(c_in=e.grids["1"].c_in, c_out=odd)
-            else:
-                odd = _unaligned(e.grids["1"].c_in, u_in, base_groups, in_fixed, offset=1)
-                if u_in > 2 and odd != e.grids["1u"].c_in and all(c % (u_in // 2) for c in odd):
-                    e.grids["1o"] = Grid(c_in=odd, c_out=e.grids["1u"].c_out)
+            # the blocking rule reads the input count; a depthwise conv's one count is its output axis
+            axis, unit_, fixed = ("c_out", u_out, out_fixed) if s.depthwise else ("c_in", u_in, in_fixed)
+            odd = _unaligned(getattr(e.grids["1"], axis), unit_, base_groups, fixed, offset=1)
+            if unit_ > 2 and odd != getattr(e.grids["1u"], axis) and all(c % (unit_ // 2) for c in odd):
+                u = e.grids["1u"]
+                e.grids["1o"] = Grid(**{"c_in": u.c_in, "c_out": u.c_out, axis: odd})
         if can_regroup(s):
             for g in (int(g) for g in groups if int(g) > 1):
                 if g not in legal_conv_groups(s.in_size, s.out_size):

@@ -369,13 +369,7 @@ class _Loop:
         chunk = world * (self.checkpoint_every or len(keys))
         for c in range(0, len(keys), chunk):
             part = keys[c : c + chunk]
-            t0 = time.perf_counter()
-            mine = {
-                k: _objectives(self.evaluate(todo[k].copy()), todo[k], self.m)
-                for j, k in enumerate(part)
-                if j % world == rank
-            }
-            self.eval_seconds += time.perf_counter() - t0
+            mine = {k: self._compute(todo[k]) for j, k in enumerate(part) if j % world == rank}
             gathered: dict[tuple[int, ...], tuple[float, ...]] = {}
             for d in all_gather_objects(mine):
                 gathered.update(d)
@@ -384,11 +378,16 @@ class _Loop:
             self.m = self.m or len(gathered[part[0]])
             self.save()
 
-    def _evaluate(self, key: tuple[int, ...], genes: np.ndarray) -> tuple[float, ...]:
-        """``evaluate(genes)`` checked (:func:`_objectives`), timed and cached under ``key``."""
+    def _compute(self, genes: np.ndarray) -> tuple[float, ...]:
+        """``evaluate(genes)`` checked (:func:`_objectives`) and timed (not cached)."""
         t0 = time.perf_counter()
         f = _objectives(self.evaluate(genes.copy()), genes, self.m)
         self.eval_seconds += time.perf_counter() - t0
+        return f
+
+    def _evaluate(self, key: tuple[int, ...], genes: np.ndarray) -> tuple[float, ...]:
+        """:meth:`_compute`, cached under ``key``."""
+        f = self._compute(genes)
         self.m = self.m or len(f)
         self.cache[key] = f
         return f
