@@ -308,3 +308,20 @@ class RandomNet(nn.Module):
             return torch.flatten(F.adaptive_avg_pool2d(F.relu(self.classifier(x)), 1), 1)
         x = F.adaptive_avg_pool2d(x, 2 if self.flatten else 1)
         return self.classifier(torch.flatten(x, 1))
+
+
+def plain_cnn(num_classes: int = 10, in_chans: int = 1, width_mult: float = 1.0) -> nn.Module:
+    """A BatchNorm-free CNN (conv-ReLU x3, a stride-2 residual-free stack, pool, fc): its data-parallel training
+    equals one process at the same global batch up to float reduction order (no per-rank batch statistics)."""
+    width = max(1, round(16 * width_mult))
+    return nn.Sequential(
+        nn.Conv2d(in_chans, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, num_classes),
+    )

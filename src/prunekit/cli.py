@@ -7,6 +7,7 @@ Every user error (:class:`~prunekit.errors.PrunekitError`) is printed as one lin
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated
 
@@ -216,6 +217,11 @@ def _command_line() -> str:
     )
 
 
+def _launched_rank0() -> bool:
+    """True unless torchrun launched this process as a rank other than 0 (only rank 0 prints the summary)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @app.command()
 def run(
     config: ConfigArg,
@@ -231,6 +237,8 @@ def run(
 
     cfg = load_config(config, set_ or [])
     res = run_pipeline(cfg, out, smoke=smoke, overwrite=overwrite, command=_command_line())
+    if not _launched_rank0():
+        return
     b, p = res.report["baseline"], res.report["pruned"]
     console.print(
         f"[bold]{cfg.name}[/]: top-1 {fmt_pct(b['top1'])} -> {fmt_pct(p['top1'])}, "
@@ -257,6 +265,8 @@ def train(
 
     cfg = load_config(config, set_ or [])
     res = train_only(cfg, out, smoke=smoke, overwrite=overwrite, command=_command_line())
+    if not _launched_rank0():
+        return
     console.print(
         f"baseline top-1 {res.report['baseline']['top1']:.4f}; weights: {res.out_dir / 'baseline.pt'}"
     )

@@ -18,7 +18,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import shutil
 import statistics
 import time
@@ -306,12 +305,27 @@ class _Run:
         result.plan.model = result.plan.model or self.spec  # a method may prune another base model (scratch)
         result.plan.input_shape = list(self.input_shape)
         result.plan.meta.update({"method": self.cfg.method.name, "target_macs": self.target_macs})
+        self._agree(result)
         self.plan, self.pruned, self.method_result = result.plan, result.model, result
-        self.plan.save(self.out / "plan.json")
-        save_safetensors(self.pruned.state_dict(), self.out / "method.safetensors")
+        if self.main:
+            self.plan.save(self.out / "plan.json")
+            save_safetensors(self.pruned.state_dict(), self.out / "method.safetensors")
         self.wall["method"] = time.perf_counter() - t0
         facts = {"history": result.history, "trained": result.trained, "extra": result.extra}
         self._done("method", {**facts, "wall_s": self.wall["method"]})
+
+    def _agree(self, result: MethodResult) -> None:
+        """Under torchrun: every rank must have chosen the same plan (its structure; ``meta`` holds timings), and
+        every rank continues from rank 0's weights and BN statistics (float reductions differ across ranks in the
+        last bits; BN recalibration may run on each rank's own shard). No-op in one process."""
+        if self.dist.world_size == 1:
+            return
+        from prunekit.train import broadcast_module, check_agreement
+
+        structure = json.loads(result.plan.to_json())
+        structure.pop("meta", None)
+        check_agreement(structure, f"the {self.cfg.method.name} plan")
+        broadcast_module(result.model)
 
     def _context(self) -> MethodContext:
         return MethodContext(
@@ -360,6 +374,11 @@ class _Run:
         with self.ledger.in_phase("evaluate"):
             pruned_metrics = self._metrics(self.pruned)
         self.wall["evaluate"] = time.perf_counter() - t0
+        if not self.main:  # rank 0 saves, exports, times and writes; the others read its report
+            from prunekit.train import barrier
+
+            barrier()
+            return json.loads((self.out / "report.json").read_text(encoding="utf-8"))
         t0 = time.perf_counter()
         files, onnx_info = self._save_and_export()
         lat = self._latencies()
@@ -373,6 +392,10 @@ class _Run:
         report.files = {**(report.files or {}), **{k: Path(v).name for k, v in written.items()}}
         data = report.to_dict()
         write_json(self.out / "report.json", data)
+        if self.dist.world_size > 1:
+            from prunekit.train import barrier
+
+            barrier()
         return data
 
     def _metrics(self, model: nn.Module) -> dict:
@@ -561,25 +584,30 @@ def run(
     Everything that can be checked before writing (config, dataset, model spec, reachability of the target) is
     checked first: a user error leaves no output directory behind. Re-running the same command resumes.
 
+    Under torchrun (``torchrun --nproc_per_node N -m prunekit.cli run ...``) every phase runs on every rank: the
+    training loops are data-parallel (DDP over each rank's shard of the train split, ``data.batch_size`` per rank),
+    searches shard their evaluations, every rank must reach the same plan (checked; a rank that diverged stops the
+    run with one line) and continues from rank 0's weights; rank 0 writes the run directory, exports and times.
+
     Raises:
-        PrunekitError: bad input (one line), a different config already in ``out_dir``, or a torchrun launch
-            (``run`` is single-process; use ``prunekit train`` under torchrun for the baseline).
+        PrunekitError: bad input (one line), a different config already in ``out_dir``, or ranks that disagree on
+            the plan.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise PrunekitError(
-            "prunekit run is single-process; use torchrun with `prunekit train` for the baseline, "
-            "then `prunekit run` with baseline.checkpoint"
-        )
+    from prunekit.train import cleanup
+
     r = _start(cfg, out_dir, smoke=smoke, overwrite=overwrite, command=command)
-    with use_ledger(r.ledger):
-        with r.ledger.in_phase("baseline"):
-            r.baseline()
-        with r.ledger.in_phase("method"):
-            r.method()
-        with r.ledger.in_phase("finetune"):
-            r.recover()
-        report = r.export_and_report()
-    r._done("report", {"pruned_top1": report["pruned"]["top1"]})
+    try:
+        with use_ledger(r.ledger):
+            with r.ledger.in_phase("baseline"):
+                r.baseline()
+            with r.ledger.in_phase("method"):
+                r.method()
+            with r.ledger.in_phase("finetune"):
+                r.recover()
+            report = r.export_and_report()
+        r._done("report", {"pruned_top1": report["pruned"]["top1"]})
+    finally:
+        cleanup()
     return RunResult(r.out, report)
 
 

@@ -168,7 +168,15 @@ class MeasuredLatency:
         self._bar: Any = None
 
     def __call__(self, widths: np.ndarray) -> float:
+        """Latency (ms) at ``widths``. Under ``torch.distributed`` every rank must call it with the same widths in the
+        same order (a deterministic search does): rank 0 measures, the others receive its value, so all ranks take
+        the same decisions."""
         key = tuple(int(w) for w in np.asarray(widths).reshape(-1))
+        if key not in self._cache:
+            self._cache[key] = _rank0_value(lambda: self._measure(key))
+        return self._cache[key]
+
+    def _measure(self, key: tuple[int, ...]) -> float:
         if key not in self._cache:
             base_key = tuple(int(c) for c in self.space.channels)
             if base_key not in self._cache:
@@ -468,3 +476,15 @@ class Budget:
 
 def _fmt(metric: str, v: float) -> str:
     return f"{v:.4g} ms" if metric == "latency_ms" else f"{v:,.0f} {_UNITS[metric]}"
+
+
+def _rank0_value(fn: Callable[[], Any]) -> Any:
+    """``fn()`` computed on rank 0 and broadcast to every rank under ``torch.distributed`` (a collective: every
+    rank calls it at the same point); plain ``fn()`` in one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn()
+    box = [fn() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -309,6 +309,5 @@ def plot_layer_groups(report: Report | Mapping, path: str | Path | None = None) 
         ax.text(0.5, 0.5, "no layer-level choices", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("conv groups G (1 = dense)")
     ax.set_title("Group count per layer")
-    fig.tight_layout()
     _save(fig, path)
     return fig

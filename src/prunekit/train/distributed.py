@@ -29,6 +29,9 @@ __all__ = [
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
+    "broadcast_module",
+    "broadcast_object",
+    "check_agreement",
     "cleanup",
     "get_rank",
     "get_world_size",
@@ -165,6 +168,46 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's picklable ``obj`` on every rank (``obj`` itself when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_module(model: torch.nn.Module) -> None:
+    """Overwrite every parameter and buffer of ``model`` with rank 0's, in place (no-op when not distributed).
+
+    Every rank must hold the same architecture (the same state_dict keys and shapes, in the same order); tensors
+    must live on a device the backend supports (CPU for gloo, CUDA for nccl).
+    """
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def check_agreement(value: Any, what: str) -> None:
+    """Raise on every rank unless all ranks hold an equal picklable ``value`` (no-op when not distributed).
+
+    Used after each decision a method takes on every rank (a plan, a kept-channel set, a search result) so that a
+    rank that diverged fails loudly instead of training another network.
+
+    Raises:
+        PrunekitError: the ranks disagree; the message names ``what`` and which ranks differ from rank 0.
+    """
+    values = all_gather_objects(value)
+    differ = [r for r, v in enumerate(values) if v != values[0]]
+    if differ:
+        raise PrunekitError(
+            f"ranks disagree on {what}: rank(s) {differ} differ from rank 0; a step of this run is not "
+            "rank-deterministic (report it), or run it with one process"
+        )
 
 
 def cleanup() -> None:

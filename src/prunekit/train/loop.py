@@ -303,8 +303,11 @@ def evaluate(
         loader: iterable of ``(x, y)`` with ``y`` class indices ``(N,)`` (or ``(N, C)`` probabilities).
         device: where to run.
         max_batches: evaluate only the first N batches (smoke runs).
-        distributed: all-reduce the sums over ranks; default: when ``torch.distributed`` is initialised
-            (each rank should then evaluate its own shard; ``n`` is the global sample count).
+        distributed: all-reduce the sums over ranks (each rank evaluated its own shard; ``n`` is the global
+            sample count). Default: when ``torch.distributed`` is initialised and the loader is sharded (its
+            ``world_size`` attribute, where it has one, is above 1); an unsharded loader (the pipeline's val / test,
+            a search's held-out batches) gives every rank the whole split's metrics without a collective, so ranks
+            may evaluate different models at the same time.
 
     Returns:
         ``{"top1": fraction, "top5": fraction (top-min(5, C)), "loss": mean CE in nats, "n": samples}``.
@@ -331,14 +334,14 @@ def evaluate(
     finally:
         model.train(was_training)
     if distributed is None:
-        distributed = is_distributed()
+        distributed = is_distributed() and getattr(loader, "world_size", 2) > 1
     if distributed:
         sums = all_reduce_sum(sums)
     loss_sum, c1, c5, n = sums.tolist()
     if n == 0:
         raise PrunekitError("validation loader yielded no batches; check the dataset split / path")
-    if sample is not None:
-        charge_forward(model, sample, int(n))
+    if sample is not None:  # the ledger counts every rank's work: an unsharded pass ran on each of them
+        charge_forward(model, sample, int(n) * (1 if distributed else get_world_size()))
     return {"top1": c1 / n, "top5": c5 / n, "loss": loss_sum / n, "n": int(n)}
 
 

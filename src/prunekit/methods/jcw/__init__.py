@@ -160,22 +160,26 @@ def _latency_model(ctx: MethodContext, cfg: JCWConfig) -> LatencyModel:
         return LatencyModel(run_lm.table, ctx.space, batch=1)
     from prunekit.cost.lut import build_table
     from prunekit.cost.predict import measure_overhead
+    from prunekit.train import barrier, is_main
 
     path = Path(ctx.out_dir) / "jcw" / "lut.json"  # an interrupted build resumes; a finished one is reused
-    log.info("jcw: latency table of this model on this machine -> %s", path)
-    model = ctx.model.eval()
-    table = build_table(
-        model,
-        ctx.space.input_shape,
-        path,
-        spec=ctx.spec,
-        points=2 if ctx.smoke else cfg.lut_points,
-        groups=(1,),
-        densities=(1.0, 0.5, 0.2) if cfg.weights else (1.0,),
-        rounds=1 if ctx.smoke else 3,
-        overhead=measure_overhead(model, "ort", 1, 1 if ctx.smoke else 5),
-    )
-    return LatencyModel(table, ctx.space, batch=1)
+    # under torchrun rank 0 times the table, the others wait and read it: one table for all ranks
+    if is_main():
+        log.info("jcw: latency table of this model on this machine -> %s", path)
+        model = ctx.model.eval()
+        build_table(
+            model,
+            ctx.space.input_shape,
+            path,
+            spec=ctx.spec,
+            points=2 if ctx.smoke else cfg.lut_points,
+            groups=(1,),
+            densities=(1.0, 0.5, 0.2) if cfg.weights else (1.0,),
+            rounds=1 if ctx.smoke else 3,
+            overhead=measure_overhead(model, "ort", 1, 1 if ctx.smoke else 5),
+        )
+    barrier()
+    return LatencyModel(load_table(path), ctx.space, batch=1)
 
 
 def proxy_task(ctx: MethodContext, cfg: JCWConfig) -> Proxy:
@@ -194,7 +198,17 @@ def proxy_task(ctx: MethodContext, cfg: JCWConfig) -> Proxy:
         seed=seed,
     )
     bs = p.batch_size or data.config.batch_size
-    train = data.make_loader("train", batch_size=bs, shuffle=True, augment=True, drop_last=True, indices=tr)
+    rank, world = getattr(data, "rank", 0), getattr(data, "world_size", 1)
+    train = data.make_loader(  # under torchrun: this rank's shard (the supernet trains data-parallel)
+        "train",
+        batch_size=bs,
+        shuffle=True,
+        augment=True,
+        drop_last=len(tr) // world >= bs,  # full batches only, unless a shard holds less than one batch
+        indices=tr,
+        rank=rank,
+        world_size=world,
+    )
     val = data.make_loader("train", batch_size=data.config.eval_batch_size, indices=va)
     plain = data.make_loader("train", batch_size=bs, indices=tr)  # fixed, unaugmented: the BN batches
     bn = [b for b, _ in zip(plain, range(cfg.bn_batches), strict=False)]
