@@ -316,6 +316,44 @@ def test_tiny_cnn_learns(tmp_path):
     assert [r["step"] for r in recs if r["type"] == "step"] == list(range(4, 33, 4))
 
 
+def test_bf16_autocast_trains_in_bfloat16_and_channels_last_trains_the_same_network(tmp_path):
+    """``amp: bf16`` runs the forward in bfloat16 (the logits the loss sees are bf16) and still learns; the weights
+    stay float32 and end near the float32 run's (bf16 has an 8-bit mantissa: not equal). ``channels_last`` is the
+    same arithmetic in another memory layout: the weights agree to float rounding."""
+    tl, vl = loaders()
+
+    class Probe(Callback):
+        dtypes: list = []
+
+        def on_step_end(self, state):
+            self.dtypes.append(state.outputs.dtype)
+
+    runs = {}
+    for name, kw in {"fp32": {}, "bf16": {"amp": "bf16"}, "cl": {"channels_last": True}}.items():
+        model, probe = new_model(), Probe()
+        probe.dtypes = []
+        r = fit(model, tl, cfg_(epochs=4, lr=0.05, warmup_epochs=0.5, **kw), val_loader=vl, callbacks=[probe])
+        runs[name] = (model, r, set(probe.dtypes))
+    assert runs["fp32"][2] == {torch.float32} and runs["bf16"][2] == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in runs["bf16"][0].parameters())
+    assert runs["bf16"][1].history[-1]["val_top1"] > 0.85  # it learned (4 classes)
+    w32, wbf = (torch.cat([p.detach().flatten() for p in runs[k][0].parameters()]) for k in ("fp32", "bf16"))
+    assert 0 < (w32 - wbf).abs().max() < 0.1 * w32.abs().max()
+    conv = next(m for m in runs["cl"][0].modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(runs["fp32"][0].parameters(), runs["cl"][0].parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_fp16_needs_cuda_and_new_recipe_options_leave_old_config_hashes_alone():
+    tl, _ = loaders()
+    with pytest.raises(PrunekitError, match="amp: fp16 needs a CUDA device.*bf16"):
+        fit(new_model(), tl, cfg_(amp="fp16"))
+    # options added later are left out of the dump at their defaults: existing run directories keep their hash
+    assert "amp" not in cfg_().model_dump_json() and "channels_last" not in cfg_().model_dump_json()
+    assert '"amp":"bf16"' in cfg_(amp="bf16").model_dump_json()
+
+
 class Counter(Callback):
     """Counts steps; its state must survive a resume."""
 

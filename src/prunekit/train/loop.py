@@ -20,6 +20,7 @@ after a kill reproduces an uninterrupted run bit for bit on deterministic (CPU) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -122,6 +123,7 @@ class TrainState:
     world_size: int = 1
     desc: str = "train"
     sample: Any = None
+    scaler: Any = None  # torch.amp.GradScaler under amp: fp16
 
 
 class Callback:
@@ -469,6 +471,8 @@ def _restore(
                 f"cannot restore the {name} state from {path}: {first}; resume with the same model, "
                 "optimizer and parameter groups, or start fresh"
             ) from None
+    if state.scaler is not None and ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
     saved_cbs = list(ckpt.get("callbacks", []))
     got = [type(cb).__name__ for cb in callbacks]
     want = [str(c.get("name")) for c in saved_cbs]
@@ -540,6 +544,7 @@ def _checkpoint_dict(
         "stopped": state.stop_training,
         "rng": rngs,
         "config": state.cfg.model_dump(mode="json"),
+        **({"scaler": state.scaler.state_dict()} if state.scaler is not None else {}),
     }
 
 
@@ -731,6 +736,10 @@ def _check_fit_args(
     if spe == 0:
         raise PrunekitError("train loader is empty (0 batches); check the dataset and batch size")
     dev = _resolve_device(device)
+    if cfg.amp == "fp16" and dev.type != "cuda":
+        raise PrunekitError(
+            f"amp: fp16 needs a CUDA device (it is {dev}); use amp: bf16 on the CPU, or amp: none"
+        )
     callbacks = list(callbacks)
     for cb in callbacks:
         if not isinstance(cb, Callback):
@@ -759,6 +768,8 @@ def _new_state(
     rank, world = get_rank(), get_world_size()
     _seed_everything(cfg.seed + rank)
     model.to(dev)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     if optimizer is None:
         optimizer = build_optimizer(model, cfg)
     if scheduler is None:
@@ -776,6 +787,7 @@ def _new_state(
         rank=rank,
         world_size=world,
         desc=desc,
+        scaler=torch.amp.GradScaler(dev.type) if cfg.amp == "fp16" else None,
     )
 
 
@@ -935,26 +947,36 @@ def _run_epoch(
                 new = cb.on_batch_begin(state, (x, y))
                 if new is not None:
                     x, y = _split_batch(new)
+            if cfg.channels_last and torch.is_tensor(x) and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             state.inputs, state.targets = x, y
             if state.sample is None:
                 state.sample = x[:1].detach() if torch.is_tensor(x) else x
-            out = state.train_model(x)
-            loss = criterion(out, y)
-            state.outputs, state.loss = out, loss
-            extra: torch.Tensor | None = None
-            for cb in callbacks:
-                term = cb.extra_loss(state, model)
-                if term is not None:
-                    extra = term if extra is None else extra + term
-            objective = loss if extra is None else loss + extra
+            with _autocast(cfg.amp, dev):
+                out = state.train_model(x)
+                loss = criterion(out, y)
+                state.outputs, state.loss = out, loss
+                extra: torch.Tensor | None = None
+                for cb in callbacks:
+                    term = cb.extra_loss(state, model)
+                    if term is not None:
+                        extra = term if extra is None else extra + term
+                objective = loss if extra is None else loss + extra
             opt.zero_grad(set_to_none=True)
-            objective.backward()
+            scaler = state.scaler
+            (objective if scaler is None else scaler.scale(objective)).backward()
+            if scaler is not None:
+                scaler.unscale_(opt)  # callbacks and clipping see the true gradients
             for cb in callbacks:
                 cb.on_after_backward(state)
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             lr_used = opt.param_groups[0]["lr"]
-            opt.step()
+            if scaler is None:
+                opt.step()
+            else:  # skips the step when the float16 gradients overflowed, then adapts the scale
+                scaler.step(opt)
+                scaler.update()
             sched.step()
             state.step += 1
             for cb in callbacks:
@@ -1027,6 +1049,13 @@ def _run_epoch(
         "train_n": int(n),
         "_t0": t0,
     }
+
+
+def _autocast(amp: str, dev: torch.device):
+    """``torch.autocast`` for the recipe's ``amp`` (bfloat16 / float16), a no-op context for ``none``."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def _sync_buffers(model: nn.Module) -> None:

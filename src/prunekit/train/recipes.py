@@ -91,6 +91,19 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0)
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and always after the last one)")
     log_every: int = Field(50, ge=1, description="write a step record to the JSONL log every N steps")
+    # Options added after run directories existed are left out of the config dump at their defaults, so the config
+    # hash of every existing run (state.json) is unchanged and it still resumes.
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none",
+        description="mixed precision: forward and loss under torch.autocast in bfloat16 (CPU or CUDA) or float16 "
+        "(CUDA only, with loss scaling); weights, optimizer state and evaluation stay float32",
+        exclude_if=lambda v: v == "none",
+    )
+    channels_last: bool = Field(
+        False,
+        description="train in the channels_last memory format (faster convolutions on CUDA tensor cores)",
+        exclude_if=lambda v: v is False,
+    )
 
     @field_validator("betas")
     @classmethod
