@@ -150,6 +150,7 @@ def test_scratch_under_torchrun_is_killed_resumes_and_equals_one_process(tmp_pat
         rows = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
         (first,) = [r for r in rows if r["type"] == "epoch" and r["desc"] == "baseline" and r["epoch"] == 1]
         assert first["step"] == 16 and first["train_n"] == 1024, d  # train_n: all ranks' images
+        assert first["val_n"] == DATA["subset_val"], d  # the unsharded val split, counted once
 
 
 def test_metapruning_sharded_search_under_torchrun_equals_the_one_process_search(tmp_path):

@@ -843,7 +843,8 @@ def _validate_epoch(
         return
     done = state.epoch + 1
     if done % state.cfg.eval_every == 0 or done == state.num_epochs:
-        ev = evaluate(state.model, val_loader, state.device, distributed=distributed)
+        # distributed: evaluate's own rule (all-reduce a sharded loader; an unsharded one is whole on every rank)
+        ev = evaluate(state.model, val_loader, state.device, distributed=None if distributed else False)
         metrics.update(val_top1=ev["top1"], val_top5=ev["top5"], val_loss=ev["loss"], val_n=ev["n"])
 
 
