@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from _study import config_tree, mean_std, run_cached, seeded
-from arena_entrants import ENTRANTS, pretrain_tree, tp_finetune, tp_split, tree
+from arena_entrants import ENTRANTS, ROUND_TO, pretrain_tree, tp_finetune, tp_split, tree
 from prunekit.io import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,13 +136,12 @@ def macs_ratio(task: int, tree_: dict) -> float:
     target = TASKS[task]["target"]
     if "macs_ratio" in target:
         return float(target["macs_ratio"])
-    from prunekit.cost.latency import resolve_round_to
     from prunekit.cost.predict import LatencyModel
     from prunekit.space import uniform_widths
 
     space, cost = _space(tree_)
     lm = LatencyModel.load(tree_["target"]["latency_lut"], space)
-    full, step = lm(space.channels), resolve_round_to("auto")
+    full, step = lm(space.channels), ROUND_TO
     lo, hi = 0.05, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2

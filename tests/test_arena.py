@@ -1,5 +1,10 @@
-"""bench/arena.py --smoke: every entrant of task 1 end to end on real (tiny) Fashion-MNIST subsets, its cells, the
-compute ledger's equal budget and the report (issue #14)."""
+"""bench/arena.py --smoke: entrants of task 1 end to end on real (tiny) Fashion-MNIST subsets, their cells, the
+compute ledger's equal budget and the report (issue #14).
+
+The smoke runs six of the ten entrants (every kind of cell: the dense reference, from-scratch training, pruning the
+shared pretraining in prunekit and through torch-pruning, GConv, Scratch-B); MetaPruning, JCW, multistage and
+torch-pruning's Taylor pruner go through the same cell code, are checked as configs below, and have their own end-to-end
+tests (tests/test_metapruning.py, test_jcw_method.py, test_multistage.py): running them here cost the suite ~2 minutes."""
 
 from __future__ import annotations
 
@@ -13,31 +18,40 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+SMOKE = ("dense", "uniform", "magnitude", "tp-magnitude", "gconv", "scratch")
 
 
 @pytest.mark.skipif(not FMNIST.is_file(), reason="apt-get install dataset-fashion-mnist")
-def test_arena_smoke_runs_every_entrant_and_rebuilds_its_report(tmp_path):
+def test_arena_smoke_runs_six_entrants_and_rebuilds_its_report(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         from arena_entrants import ENTRANTS
     finally:
         sys.path.pop(0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PRUNEKIT_NO_PROGRESS": "1"}
-    cmd = [sys.executable, str(ROOT / "bench" / "arena.py"), "--smoke", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "arena.py"),
+        "--smoke",
+        "--out",
+        str(tmp_path),
+        "--only",
+        *SMOKE,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "logs").glob("*.log")))
     assert done.returncode == 0 and "failed" not in done.stdout, done.stdout + done.stderr + logs
     cells = {
         p.parent.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("task1/*/seed0/cell.json")
     }
-    assert set(cells) == set(ENTRANTS), sorted(cells)
+    assert set(cells) == set(SMOKE) and set(SMOKE) <= set(ENTRANTS), sorted(cells)
     ref = cells["dense"]["reference"]["macs"]
     assert cells["dense"]["macs"] == ref  # the dense reference is not pruned
     for name, c in cells.items():
         assert 0.0 < c["top1"] <= 1.0, name
         assert c["reference_epochs_spent"] > 0, name  # the ledger saw its training
         assert c["reference"]["macs"] == ref, name  # every entrant is measured against the same reference
-        if name not in ("dense", "jcw"):  # jcw --smoke deploys its fastest member when none fits
+        if name != "dense":
             assert c["macs"] <= 0.26 * ref, (name, c["macs"] / ref)
     # the entrants that prune a trained model were each charged the one shared pretraining, the others nothing
     shared = {n: c["reference_epochs_shared_pretraining"] for n, c in cells.items()}
@@ -45,7 +59,7 @@ def test_arena_smoke_runs_every_entrant_and_rebuilds_its_report(tmp_path):
     assert shared["uniform"] == shared["scratch"] == shared["dense"] == 0
     assert cells["magnitude"]["reference_epochs_spent"] > shared["magnitude"]
     md = (tmp_path / "arena.md").read_text()
-    assert all(e.label in md for e in ENTRANTS.values())
+    assert all(ENTRANTS[e].label in md for e in SMOKE)
     assert (tmp_path / "task1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # re-running skips every finished cell and rebuilds the same table
     again = subprocess.run(cmd + ["--report"], env=env, capture_output=True, text=True, timeout=120)
