@@ -340,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     and returns 2; ``--help`` returns 0; Ctrl-C returns 130.
     """
     args = sys.argv[1:] if argv is None else list(argv)
+    if not _launched_rank0():  # under torchrun the other ranks stay quiet but for errors
+        import logging
+
+        logging.getLogger("prunekit").setLevel(logging.ERROR)
     try:
         rv = app(args=args, prog_name="prunekit", standalone_mode=False)
         if isinstance(rv, int):  # typer returns the code of a typer.Exit in non-standalone mode
