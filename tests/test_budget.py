@@ -188,7 +188,9 @@ def test_measured_latency_is_cached_per_width_vector():
 @needs_fmnist
 @pytest.mark.parametrize(
     ("method", "target"),
-    [("uniform", {"params_ratio": 0.3}), ("magnitude", {"latency_ratio": 0.85, "params_ratio": 0.5})],
+    # latency 0.95: on AVX-512 (ONNX Runtime block 16) this x0.5 ResNet-20's floor at round_to 8 is ~0.90 of its
+    # latency (8-channel layers run padded to 16); on AVX2 it is far lower
+    [("uniform", {"params_ratio": 0.3}), ("magnitude", {"latency_ratio": 0.95, "params_ratio": 0.5})],
 )
 def test_pipeline_reports_every_constraint(tmp_path, capsys, monkeypatch, method, target):
     monkeypatch.setenv("PRUNEKIT_NO_PROGRESS", "1")

@@ -24,9 +24,20 @@ from prunekit.space import ChannelSpace, plan_from_widths, uniform_widths
 SHAPE = (1, 3, 16, 16)
 
 
+def fake_avx2(monkeypatch):
+    """Make the table's channel unit and ONNX Runtime's layout rule those of an AVX2 machine (block 8, inputs blocked
+    at multiples of 4), whatever this machine is: the synthetic timings below are an AVX2 runtime's. Without it an
+    AVX-512 machine (block 16) reads them through the wrong rule."""
+    from prunekit.cost import latency, ort_layout
+
+    monkeypatch.setattr(latency, "channel_multiple", lambda: 8)
+    monkeypatch.setattr(ort_layout, "input_alignment", lambda block: block // 2)
+
+
 def fake_time(monkeypatch, calls: list | None = None):
     """Replace timing by a deterministic cost: ms = 1e-6 * the layer's MACs, doubled when its input channels are not a
-    multiple of 8 (as ONNX Runtime's unblocked kernels are slower)."""
+    multiple of 8 (as ONNX Runtime's unblocked kernels are slower), on an AVX2 layout (:func:`fake_avx2`)."""
+    fake_avx2(monkeypatch)
 
     def fake_runnable(cfg: LayerConfig, batch, runtime, threads):
         k = int(np.prod(cfg.kernel)) if cfg.kind != "linear" else 1

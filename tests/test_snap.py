@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.test_lut import fake_overhead, fake_time
+from tests.test_lut import fake_avx2, fake_overhead, fake_time
 
 from prunekit.cost import lut as lut_mod
 from prunekit.cost.budget import Budget, TargetConfig
@@ -31,6 +31,7 @@ def _setup(monkeypatch, tmp_path, *, penalty: bool):
     if penalty:
         fake_time(monkeypatch)  # unaligned input channels cost double
     else:
+        fake_avx2(monkeypatch)
 
         def flat_runnable(cfg, batch, runtime, threads):
             k = int(np.prod(cfg.kernel)) if cfg.kind != "linear" else 1
