@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from prunekit.distributed import cleanup, get_rank, init_from_env
 from prunekit.search.base import run_search
 from prunekit.search.evolution import EvolutionConfig, GeneticSearch
 from prunekit.search.genes import GeneBounds
-from prunekit.train.distributed import cleanup, get_rank, init_from_env
 
 
 def main(out: Path) -> None:

@@ -44,7 +44,18 @@ from prunekit.models import create_model, parse_spec
 from prunekit.report import Report, training_warnings, write_report
 from prunekit.runs import BASELINE_FORMAT
 from prunekit.space import ChannelSpace, Plan, apply, density_masks
-from prunekit.train import SMOKE_DATA, TrainConfig, evaluate, fit, smoke_recipe
+from prunekit.train import (
+    SMOKE_DATA,
+    TrainConfig,
+    barrier,
+    broadcast_module,
+    check_agreement,
+    cleanup,
+    evaluate,
+    fit,
+    init_from_env,
+    smoke_recipe,
+)
 from prunekit.train.compute import Ledger, use_ledger
 from prunekit.train.masking import MaskCallback
 
@@ -236,8 +247,6 @@ class _Run:
 
     # -------------------------------------------------------------- phases
     def prepare(self) -> None:
-        from prunekit.train import init_from_env
-
         self.dist = init_from_env(self.cfg.device)  # no-op unless launched by torchrun
         self.device = str(self.dist.device) if self.dist.world_size > 1 else self.cfg.device
         self.data = build_data(self.cfg.data, rank=self.dist.rank, world_size=self.dist.world_size)
@@ -320,8 +329,6 @@ class _Run:
         last bits; BN recalibration may run on each rank's own shard). No-op in one process."""
         if self.dist.world_size == 1:
             return
-        from prunekit.train import broadcast_module, check_agreement
-
         structure = json.loads(result.plan.to_json())
         structure.pop("meta", None)
         check_agreement(structure, f"the {self.cfg.method.name} plan")
@@ -375,8 +382,6 @@ class _Run:
             pruned_metrics = self._metrics(self.pruned)
         self.wall["evaluate"] = time.perf_counter() - t0
         if not self.main:  # rank 0 saves, exports, times and writes; the others read its report
-            from prunekit.train import barrier
-
             barrier()
             return json.loads((self.out / "report.json").read_text(encoding="utf-8"))
         t0 = time.perf_counter()
@@ -393,8 +398,6 @@ class _Run:
         data = report.to_dict()
         write_json(self.out / "report.json", data)
         if self.dist.world_size > 1:
-            from prunekit.train import barrier
-
             barrier()
         return data
 
@@ -565,8 +568,6 @@ def _start(cfg: RunConfig, out_dir, *, smoke: bool, overwrite: bool, command: st
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
         r.state.save()
-    from prunekit.train import barrier
-
     barrier()
     return r
 
@@ -593,8 +594,6 @@ def run(
         PrunekitError: bad input (one line), a different config already in ``out_dir``, or ranks that disagree on
             the plan.
     """
-    from prunekit.train import cleanup
-
     r = _start(cfg, out_dir, smoke=smoke, overwrite=overwrite, command=command)
     try:
         with use_ledger(r.ledger):
@@ -621,8 +620,6 @@ def train_only(
 ) -> RunResult:
     """``prunekit train``: only the baseline phase (writes ``baseline.pt`` and ``state.json``); under torchrun it
     trains with DDP and rank 0 writes."""
-    from prunekit.train import cleanup
-
     r = _start(cfg, out_dir, smoke=smoke, overwrite=overwrite, command=command)
     with use_ledger(r.ledger), r.ledger.in_phase("baseline"):
         r.baseline()

@@ -33,6 +33,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prunekit.cost.macs import CostModel
+from prunekit.distributed import broadcast_object, is_main
 from prunekit.errors import PrunekitError
 from prunekit.progress import progress_bar
 from prunekit.space import ChannelSpace, Plan, apply, plan_from_widths
@@ -173,7 +174,7 @@ class MeasuredLatency:
         the same decisions."""
         key = tuple(int(w) for w in np.asarray(widths).reshape(-1))
         if key not in self._cache:
-            self._cache[key] = _rank0_value(lambda: self._measure(key))
+            self._cache[key] = broadcast_object(self._measure(key) if is_main() else None)
         return self._cache[key]
 
     def _measure(self, key: tuple[int, ...]) -> float:
@@ -476,15 +477,3 @@ class Budget:
 
 def _fmt(metric: str, v: float) -> str:
     return f"{v:.4g} ms" if metric == "latency_ms" else f"{v:,.0f} {_UNITS[metric]}"
-
-
-def _rank0_value(fn: Callable[[], Any]) -> Any:
-    """``fn()`` computed on rank 0 and broadcast to every rank under ``torch.distributed`` (a collective: every
-    rank calls it at the same point); plain ``fn()`` in one process."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return fn()
-    box = [fn() if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

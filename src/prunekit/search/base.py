@@ -53,10 +53,10 @@ from typing import Any
 
 import numpy as np
 
+from prunekit.distributed import all_gather_objects, get_rank, get_world_size
 from prunekit.errors import PrunekitError
 from prunekit.progress import progress_enabled
 from prunekit.search.genes import GeneBounds, new_rng, rng_from_state, rng_state
-from prunekit.train.distributed import all_gather_objects, get_rank, get_world_size
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -10,7 +10,7 @@ Public API::
     init_from_env, is_main, cleanup, all_reduce_mean, ...  # torchrun helpers
 """
 
-from prunekit.train.distributed import (
+from prunekit.distributed import (  # the torchrun helpers live below train (cost uses them too)
     DistInfo,
     all_gather_objects,
     all_reduce_mean,

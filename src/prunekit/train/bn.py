@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from prunekit.distributed import get_world_size
 from prunekit.errors import PrunekitError
 from prunekit.train.compute import charge_forward
-from prunekit.train.distributed import get_world_size
 
 __all__ = ["bn_layers", "recalibrate_bn", "reset_bn_stats"]
 

@@ -42,12 +42,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
-from prunekit.errors import PrunekitError
-from prunekit.io import load_checkpoint, save_checkpoint
-from prunekit.progress import progress_enabled
-from prunekit.train.compute import active as compute_active
-from prunekit.train.compute import charge_forward, forward_macs
-from prunekit.train.distributed import (
+from prunekit.distributed import (
     all_gather_objects,
     all_reduce_sum,
     barrier,
@@ -55,6 +50,11 @@ from prunekit.train.distributed import (
     get_world_size,
     is_distributed,
 )
+from prunekit.errors import PrunekitError
+from prunekit.io import load_checkpoint, save_checkpoint
+from prunekit.progress import progress_enabled
+from prunekit.train.compute import active as compute_active
+from prunekit.train.compute import charge_forward, forward_macs
 from prunekit.train.recipes import (
     TrainConfig,
     build_criterion,
