@@ -3,7 +3,7 @@
 Usage:
     OMP_NUM_THREADS=1 python bench/jcw_evidence.py [--config configs/resnet20-jcw.yaml] [--variants joint channels
         weights] [--budgets 0.5 0.65 0.8] [--seeds 0 1 2] [--runtime ort|deepsparse] [--deepsparse-python PY]
-        [--out bench/results/jcw] [--set KEY=VALUE ...] [--overwrite] [--smoke]
+        [--out bench/results/jcw] [--set KEY=VALUE ...] [--searches-only] [--overwrite] [--smoke]
 
 For one model (``--config``: data, baseline recipe, JCW search settings, member recipe) and one runtime:
 
@@ -24,7 +24,8 @@ For one model (``--config``: data, baseline recipe, JCW search settings, member 
    latency (batch 1 and the export batch) and the member's predicted latency beside the measured one.
 
 Every run is a normal ``prunekit run`` directory; a finished one (same config hash) is skipped, so a killed sweep
-resumes. Output: ``<out>/<runtime>/summary.{md,json}`` (mean ± std over seeds; a joint-vs-other difference not larger
+resumes; ``--searches-only`` stops after step 3 (the members train in a later call, which reuses the searches).
+Output: ``<out>/<runtime>/summary.{md,json}`` (mean ± std over seeds; a joint-vs-other difference not larger
 than the seed-to-seed spread is labelled noise) and ``fronts.png`` (the three fronts). ``--smoke``: tiny data and
 search, one seed, one budget; its numbers mean nothing.
 """
@@ -148,6 +149,11 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="default bench/results/jcw ($TMPDIR/... with --smoke)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument(
+        "--searches-only",
+        action="store_true",
+        help="stop after the searches (fronts, hypervolumes, plot): the members train in a later call",
+    )
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if args.smoke:
@@ -184,7 +190,19 @@ def main() -> None:
             command=command,
         )
         fronts[v] = _front(d)
-        searches[v] = {"wall_s": wall, "load_avg": load_avg() if ran else None, **rep["extra"]["search"]}
+        rows, full = fronts[v]
+        searches[v] = {
+            "wall_s": wall,
+            "load_avg": load_avg() if ran else None,
+            "front_size": len(rows),
+            "front_ratio_range": [
+                min(r["predicted_ms"] for r in rows) / full,
+                max(r["predicted_ms"] for r in rows) / full,
+            ],
+            "front_mean_density": sum(r["mean_density"] for r in rows) / len(rows),
+            "front_mean_width_ratio": sum(r["mean_width_ratio"] for r in rows) / len(rows),
+            **rep["extra"]["search"],
+        }
     worst = max(r["proxy_loss"] for rows, _ in fronts.values() for r in rows)
     ref = (worst * 1.05, 1.05)
     hv = {
@@ -192,7 +210,7 @@ def main() -> None:
         for v, (rows, full) in fronts.items()
     }
     members: list[dict[str, Any]] = []
-    for v, (rows, full) in fronts.items():
+    for v, (rows, full) in [] if args.searches_only else fronts.items():
         for b in args.budgets:
             m = _pick(rows, full, b)
             if m is None:
@@ -271,7 +289,7 @@ def _summarize(args, hv, ref, fronts, searches, members) -> dict:
             )
     comps = []
     for other in ("channels", "weights"):
-        if "joint" not in args.variants or other not in args.variants:
+        if "joint" not in args.variants or other not in args.variants or not members:
             continue
         for b in args.budgets:
             a = {
@@ -304,17 +322,26 @@ def _markdown(s: dict, command: str) -> str:
         "",
         f"Runtime: {s['runtime']}.",
         "",
-        "| front | hypervolume | search wall |",
-        "|---|---:|---:|",
+        "| front | hypervolume | members | predicted latency ratio | mean density | mean width | search wall |",
+        "|---|---:|---:|---|---:|---:|---:|",
     ]
     for v, h in s["hypervolume"].items():
-        lines.append(f"| {v} | {h:.4f} | {s['searches'][v]['wall_s']:.0f} s |")
+        q = s["searches"][v]
+        lo, hi = q["front_ratio_range"]
+        lines.append(
+            f"| {v} | {h:.4f} | {q['front_size']} | {lo:.2f}-{hi:.2f} | {q['front_mean_density']:.2f} | "
+            f"{q['front_mean_width_ratio']:.2f} | {q['wall_s']:.0f} s |"
+        )
     lines += [
         "",
         f"Reference point (proxy loss, latency ratio): {s['reference_point'][0]:.3f}, {s['reference_point'][1]:.2f}.",
         f"Joint front mean density: {s['joint_front_mean_density']:.3f}."
         if s["joint_front_mean_density"]
         else "",
+    ]
+    if not s["aggregates"]:
+        return "\n".join(lines + ["", "No members trained yet (`--searches-only`)."]) + "\n"
+    lines += [
         "",
         "| variant | budget | n | top-1 | measured latency ratio | predicted ratio | mean density | mean width |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

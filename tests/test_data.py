@@ -335,6 +335,14 @@ def test_build_data_rank_sharding():
     assert not ids0 & ids1 and len(ids0) == len(ids1) == len(r0.train) * 32  # drop_last per rank
     assert len(r0.train) == (full.sizes["train"] // 2) // 32
     assert len(r0.val.labels) == full.sizes["val"]  # eval splits are not sharded
+    # eval_loader: every test sample on exactly one of 3 ranks (digits' test split is not a multiple of 3)
+    n = full.sizes["test"]
+    assert n % 3 and full.eval_loader("test") is full.test
+    shards = [build_data(cfg, rank=r, world_size=3).eval_loader("test") for r in range(3)]
+    seen = [s.indices().tolist() for s in shards]
+    assert sorted(sum(seen, [])) == list(range(n)) and {len(x) for x in seen} == {n // 3, n // 3 + 1}
+    assert [s.num_samples for s in shards] == [len(x) for x in seen]
+    assert sum(len(y) for s in shards for _, y in s) == n
 
 
 def test_random_crop_and_flip_are_correct():
@@ -498,9 +506,24 @@ def test_imagefolder(tmp_path):
     w2 = build_data(cfg.model_copy(update={"workers": 2}))
     w2.train.set_epoch(0)
     assert all(torch.equal(a[0], c[0]) for a, c in zip(batches, w2.train, strict=True))
+    # the collated batch is the dataset's uint8 samples converted and normalised, in a worker as in the main process
+    w2.test.set_epoch(0)
+    wx, wy = next(iter(w2.test))
+    raw = torch.stack([w2.test.dataset[i][0] for i in range(4)]).float() / 255.0
+    m, s = torch.tensor(b.mean).view(1, -1, 1, 1), torch.tensor(b.std).view(1, -1, 1, 1)
+    torch.testing.assert_close(wx, (raw - m) / s)
+    assert torch.equal(wx, tx) and wy.tolist() == ty.tolist()
+    # pin_memory: None (auto: only with CUDA) stays out of the config dump, so existing run hashes hold
+    assert "pin_memory" not in cfg.model_dump()
+    assert b.train.pin_memory is torch.cuda.is_available()
+    assert build_data(cfg.model_copy(update={"pin_memory": False})).train.pin_memory is False
     # distributed: disjoint equal shards through DistributedSampler
     shards = [build_data(cfg, rank=r, world_size=2).train.indices() for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 4 and not set(shards[0]) & set(shards[1])
+    # sharded evaluation: the 3 val images over 2 ranks, none dropped or repeated, in order
+    ev = [build_data(cfg, rank=r, world_size=2).eval_loader("val") for r in (0, 1)]
+    assert [e.indices() for e in ev] == [[0, 2], [1]] and [e.num_samples for e in ev] == [2, 1]
+    assert sum(len(y) for e in ev for _, y in e) == 3
 
 
 def test_imagefolder_errors_and_transforms(tmp_path):

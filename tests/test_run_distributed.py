@@ -150,7 +150,13 @@ def test_scratch_under_torchrun_is_killed_resumes_and_equals_one_process(tmp_pat
         rows = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
         (first,) = [r for r in rows if r["type"] == "epoch" and r["desc"] == "baseline" and r["epoch"] == 1]
         assert first["step"] == 16 and first["train_n"] == 1024, d  # train_n: all ranks' images
-        assert first["val_n"] == DATA["subset_val"], d  # the unsharded val split, counted once
+        assert first["val_n"] == DATA["subset_val"], d  # the whole val split, counted once
+    # val and test were sharded too: the 2 ranks together evaluated as many images as the one process
+    # (unsharded, each rank would have evaluated the whole splits: twice as many)
+    f1, f2 = (json.loads((d / "compute.json").read_text())["forward"] for d in (one, two))
+    assert (
+        f1["evaluate"]["images"] == f2["evaluate"]["images"] == 2 * (DATA["subset_val"] + DATA["subset_test"])
+    )
 
 
 def test_metapruning_sharded_search_under_torchrun_equals_the_one_process_search(tmp_path):

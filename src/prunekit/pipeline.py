@@ -209,7 +209,7 @@ class _Run:
             model,
             self.data.train,
             tc,
-            val_loader=self.data.val,
+            val_loader=self.eval_loaders["val"],
             device=self.device,
             callbacks=callbacks,
             ckpt_path=ckpt,
@@ -238,7 +238,9 @@ class _Run:
         return res
 
     def evaluate(self, model: nn.Module, split: str) -> dict:
-        loader = self.data.val if split == "val" else self.data.test
+        """Metrics of ``model`` on ``split``; under torchrun every rank evaluates its shard (all ranks at once:
+        the pipeline and the methods call this in step) and the sums are all-reduced."""
+        loader = self.eval_loaders["val" if split == "val" else "test"]
         if loader is None:
             raise PrunekitError(
                 "this run has no validation split (data.val_fraction is 0); set data.val_fraction > 0"
@@ -250,6 +252,7 @@ class _Run:
         self.dist = init_from_env(self.cfg.device)  # no-op unless launched by torchrun
         self.device = str(self.dist.device) if self.dist.world_size > 1 else self.cfg.device
         self.data = build_data(self.cfg.data, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.eval_loaders = {s: self.data.eval_loader(s) for s in ("val", "test")}
         self.spec = resolved_spec(self.cfg, self.data)
         self.input_shape = (1, self.data.in_chans, self.data.input_size, self.data.input_size)
         torch.manual_seed(self.cfg.seed)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from prunekit.data.cifar import cifar_class_names, load_cifar
 from prunekit.data.digits import digits_stats, load_digits28
@@ -89,7 +89,8 @@ class DataConfig(BaseModel):
 
     ``crop_padding`` / ``hflip`` left as None take the dataset default (padding 2 for 28x28 sets, 4 for CIFAR;
     flip on for fashion_mnist / CIFAR / imagefolder, off for mnist / digits whose classes are not
-    mirror-invariant). ``workers`` only affects imagefolder (in-memory loaders run in the main process).
+    mirror-invariant). ``workers`` and ``pin_memory`` only affect imagefolder (in-memory loaders run in the main
+    process); ``pin_memory`` None pins batches when CUDA is available.
     ``subset_val`` is an optional stratified cap on the val split (the val split itself never depends on
     ``subset_train``).
     """
@@ -110,6 +111,13 @@ class DataConfig(BaseModel):
     hflip: bool | None = None
     image_size: int | None = None
     workers: int = 0
+    # None (auto) is left out of the config's hash, so runs written before the field existed still resume
+    pin_memory: bool | None = Field(
+        None,
+        description="imagefolder: page-locked batches for asynchronous host-to-GPU copies (None: when CUDA is "
+        "available)",
+        exclude_if=lambda v: v is None,
+    )
     seed: int = 0
 
     @field_validator("val_fraction")
@@ -218,6 +226,7 @@ class DataBundle:
         rank: int = 0,
         world_size: int = 1,
         indices: np.ndarray | None = None,
+        whole: bool = False,
     ) -> Loader:
         """A fresh loader over ``split`` with explicit options, e.g. an unaugmented ordered pass over the
         train pool for calibration / BN statistics: ``bundle.make_loader("train", batch_size=64)``.
@@ -225,6 +234,7 @@ class DataBundle:
         ``batch_size`` defaults to ``eval_batch_size`` (``batch_size`` if ``augment``). ``augment`` uses the
         config's crop/flip (imagefolder: random-resized-crop instead of resize + center crop). ``indices``
         restricts the loader to those samples of the split (e.g. :func:`~prunekit.data.splits.proxy_split`).
+        ``whole`` shards over ``world_size`` ranks without dropping the remainder (see :meth:`eval_loader`).
 
         Raises:
             PrunekitError: unknown split, or ``val`` when ``val_fraction == 0``.
@@ -250,9 +260,11 @@ class DataBundle:
                 shuffle=shuffle,
                 drop_last=drop_last,
                 workers=cfg.workers,
+                pin_memory=torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory,
                 seed=cfg.seed,
                 rank=rank,
                 world_size=world_size,
+                whole=whole,
             )
         else:
             images, labels = self._splits[split]
@@ -271,9 +283,21 @@ class DataBundle:
                 seed=cfg.seed,
                 rank=rank,
                 world_size=world_size,
+                whole=whole,
             )
         loader.set_epoch(epoch)
         return loader
+
+    def eval_loader(self, split: Literal["val", "test"]) -> Loader | None:
+        """``split`` for evaluation by every rank at once: with ``world_size > 1`` each rank gets every
+        ``world_size``-th sample (none dropped, none repeated), so :func:`prunekit.train.evaluate` all-reduces the
+        sums into the whole split's metrics at 1 / world_size of the work per rank. Every rank must then evaluate
+        the same model at the same time (a collective); a rank evaluating alone, or ranks scoring different
+        candidates, use :attr:`val` / :attr:`test` (whole on every rank). None when the split is absent.
+        One rank: the bundle's own loader."""
+        if self.world_size == 1 or split not in self._splits:
+            return getattr(self, split)
+        return self.make_loader(split, rank=self.rank, world_size=self.world_size, whole=True)
 
     def split_labels(self, split: Literal["train", "val", "test"]) -> np.ndarray:
         """The int64 labels of ``split``'s samples, in the split's order (what ``indices`` of :meth:`make_loader`

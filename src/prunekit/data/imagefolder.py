@@ -2,9 +2,10 @@
 
 Train images get RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)) + optional horizontal flip; eval
 images get resize(shorter side = size / 0.875, i.e. 256 for 224) + center crop. The dataset returns ``uint8``
-tensors (4x less inter-process traffic than float); :class:`ImageFolderLoader` converts and normalises whole
-batches in the main process. Per-sample randomness is seeded from ``(seed, epoch, index)``, so augmentation is
-reproducible whatever the number of workers.
+tensors; :class:`ImageFolderLoader` converts and normalises whole batches where they are collated (in the worker
+processes when ``workers > 0``, as torchvision's pipelines do, so the main process only copies batches to the
+device) and can pin them for asynchronous host-to-GPU copies. Per-sample randomness is seeded from ``(seed, epoch,
+index)``, so augmentation is reproducible whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from prunekit.data.loaders import epoch_indices
 from prunekit.data.transforms import Normalize, to_float
@@ -180,12 +181,28 @@ class ImageFolderDataset(Dataset):
         return x, int(self.labels[i])
 
 
+class NormalizedCollate:
+    """``collate_fn``: stack ``(uint8 [3, S, S], label)`` samples into ``(float32 [B, 3, S, S] normalised, int64
+    [B])``. A class rather than a closure so that worker processes can be started by spawn as well as fork."""
+
+    def __init__(self, normalize: Normalize):
+        self.normalize = normalize
+
+    def __call__(self, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = default_collate(samples)
+        return self.normalize(to_float(x)), y.to(torch.int64)
+
+
 class ImageFolderLoader:
     """Epoch-aware wrapper of a ``torch.utils.data.DataLoader`` over an :class:`ImageFolderDataset`.
 
     Yields ``(float32 [B, 3, S, S] normalised, int64 [B])``. Shuffling is seeded by ``(seed, epoch)``; with
-    ``world_size > 1`` a ``DistributedSampler(drop_last=True)`` gives each rank a disjoint equal-size shard.
-    ``workers`` worker processes decode images (0 = in the main process).
+    ``world_size > 1`` a ``DistributedSampler(drop_last=True)`` gives each rank a disjoint equal-size shard
+    (``whole``: rank ``r`` takes samples ``r, r + world_size, ...``, none dropped or repeated, for sharded
+    evaluation).
+    ``workers`` worker processes decode, convert and normalise images (0 = in the main process);
+    ``pin_memory`` returns batches in page-locked memory (``DataLoader(pin_memory=True)``), so the training
+    loop's ``.to(device, non_blocking=True)`` overlaps the host-to-GPU copy with compute (only useful with CUDA).
     """
 
     def __init__(
@@ -197,9 +214,11 @@ class ImageFolderLoader:
         shuffle: bool = False,
         drop_last: bool = False,
         workers: int = 0,
+        pin_memory: bool = False,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        whole: bool = False,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
@@ -209,12 +228,14 @@ class ImageFolderLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.workers = int(workers)
+        self.pin_memory = bool(pin_memory)
         self.seed = int(seed)
         self.rank = int(rank)
         self.world_size = int(world_size)
+        self.whole = bool(whole)
         self.epoch = 0
         self.sampler: DistributedSampler | None = None
-        if world_size > 1:
+        if world_size > 1 and not whole:
             self.sampler = DistributedSampler(
                 dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
             )
@@ -233,7 +254,9 @@ class ImageFolderLoader:
     @property
     def num_samples(self) -> int:
         """Samples this rank visits per epoch (before ``drop_last``)."""
-        return len(self.sampler) if self.sampler is not None else len(self.dataset)
+        if self.sampler is not None:
+            return len(self.sampler)
+        return len(range(self.rank, len(self.dataset), self.world_size))  # whole (or one rank): none dropped
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -244,7 +267,13 @@ class ImageFolderLoader:
         if self.sampler is not None:
             return list(self.sampler)
         return epoch_indices(
-            len(self.dataset), shuffle=self.shuffle, seed=self.seed, epoch=self.epoch
+            len(self.dataset),
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            whole=True,
         ).tolist()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -254,14 +283,15 @@ class ImageFolderLoader:
             batch_size=self.batch_size,
             sampler=self.indices(),
             num_workers=self.workers,
+            collate_fn=NormalizedCollate(self.normalize),
+            pin_memory=self.pin_memory,
             drop_last=self.drop_last,
             persistent_workers=False,
         )
-        for x, y in loader:
-            yield self.normalize(to_float(x)), y.to(torch.int64)
+        yield from loader
 
     def __repr__(self) -> str:
         return (
             f"ImageFolderLoader(n={self.dataset_size}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-            f"workers={self.workers}, rank={self.rank}/{self.world_size})"
+            f"workers={self.workers}, pin_memory={self.pin_memory}, rank={self.rank}/{self.world_size})"
         )

@@ -28,14 +28,22 @@ def make_generator(seed: int, epoch: int, stream: int, rank: int = 0) -> torch.G
 
 
 def epoch_indices(
-    n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+    n: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    whole: bool = False,
 ) -> torch.Tensor:
     """This rank's sample indices for one epoch, ``int64 [n // world_size]`` (all ``n`` when world_size is 1).
 
     With shuffle, the permutation is the same on every rank (seeded by ``(seed, epoch)``); it is truncated
     to a multiple of ``world_size`` and rank ``r`` takes ``perm[r::world_size]`` (like ``DistributedSampler``
     with ``drop_last=True``), so the shards are disjoint and equal-size and DDP ranks run the same number of
-    steps.
+    steps. ``whole``: not truncated -- every sample on exactly one rank, shards differing in size by at most
+    one (for sharded evaluation, whose ranks meet only once, at the end).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
@@ -45,7 +53,7 @@ def epoch_indices(
         else torch.arange(n)
     )
     if world_size > 1:
-        idx = idx[: (n // world_size) * world_size][rank::world_size]
+        idx = (idx if whole else idx[: (n // world_size) * world_size])[rank::world_size]
     return idx
 
 
@@ -84,6 +92,7 @@ class TensorLoader:
         augment: batched augmentation, or None.
         seed: base seed for order and augmentation.
         rank, world_size: distributed sharding; each rank iterates a disjoint equal-size shard.
+        whole: shard without dropping the remainder (every sample on exactly one rank; for evaluation).
         threads: torch intra-op threads used while preparing a batch (restored before it is yielded);
             None keeps the global setting.
 
@@ -104,6 +113,7 @@ class TensorLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        whole: bool = False,
         threads: int | None = 1,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -124,6 +134,7 @@ class TensorLoader:
         self.seed = int(seed)
         self.rank = int(rank)
         self.world_size = int(world_size)
+        self.whole = bool(whole)
         self.threads = threads
         self.epoch = 0
 
@@ -139,7 +150,10 @@ class TensorLoader:
     @property
     def num_samples(self) -> int:
         """Samples this rank visits per epoch (before ``drop_last``)."""
-        return self.dataset_size // self.world_size if self.world_size > 1 else self.dataset_size
+        n, w = self.dataset_size, self.world_size
+        if w == 1:
+            return n
+        return len(range(self.rank, n, w)) if self.whole else n // w
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -154,6 +168,7 @@ class TensorLoader:
             epoch=self.epoch,
             rank=self.rank,
             world_size=self.world_size,
+            whole=self.whole,
         )
         if self.drop_last:
             idx = idx[: len(self) * self.batch_size]
