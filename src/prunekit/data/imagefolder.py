@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-from prunekit.data.loaders import epoch_indices
+from prunekit.data.loaders import epoch_indices, shard_size
 from prunekit.data.transforms import Normalize, to_float
 from prunekit.errors import PrunekitError
 
@@ -232,7 +232,6 @@ class ImageFolderLoader:
         self.seed = int(seed)
         self.rank = int(rank)
         self.world_size = int(world_size)
-        self.whole = bool(whole)
         self.epoch = 0
         self.sampler: DistributedSampler | None = None
         if world_size > 1 and not whole:
@@ -256,7 +255,7 @@ class ImageFolderLoader:
         """Samples this rank visits per epoch (before ``drop_last``)."""
         if self.sampler is not None:
             return len(self.sampler)
-        return len(range(self.rank, len(self.dataset), self.world_size))  # whole (or one rank): none dropped
+        return shard_size(len(self.dataset), self.rank, self.world_size, whole=True)  # whole, or one rank
 
     def __len__(self) -> int:
         n = self.num_samples

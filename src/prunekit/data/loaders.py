@@ -57,6 +57,14 @@ def epoch_indices(
     return idx
 
 
+def shard_size(n: int, rank: int = 0, world_size: int = 1, whole: bool = False) -> int:
+    """How many of ``n`` samples :func:`epoch_indices` gives ``rank``: ``n // world_size`` (``whole``: the samples
+    ``rank, rank + world_size, ...``, one more on the first ``n % world_size`` ranks); ``n`` with one rank."""
+    if world_size == 1:
+        return n
+    return len(range(rank, n, world_size)) if whole else n // world_size
+
+
 @contextlib.contextmanager
 def limit_threads(n: int | None) -> Iterator[None]:
     """Run the block with at most ``n`` torch intra-op threads (None: unchanged), then restore the setting.
@@ -150,10 +158,7 @@ class TensorLoader:
     @property
     def num_samples(self) -> int:
         """Samples this rank visits per epoch (before ``drop_last``)."""
-        n, w = self.dataset_size, self.world_size
-        if w == 1:
-            return n
-        return len(range(self.rank, n, w)) if self.whole else n // w
+        return shard_size(self.dataset_size, self.rank, self.world_size, self.whole)
 
     def __len__(self) -> int:
         n = self.num_samples
