@@ -220,6 +220,49 @@ def test_uniform_groups_make_real_group_convs_equal_to_the_masked_model(tmp_path
     _masked_equals_applied(ctx, res)
 
 
+def test_grps_plan_masked_equals_the_exported_grouped_model_in_onnx_runtime(tmp_path):
+    """masked dense model == applied group convs (with their channel gathers) == the ONNX file in ONNX Runtime."""
+    import onnx
+    import onnxruntime as ort
+
+    from prunekit.export import export_onnx
+
+    ctx = _ctx(tmp_path=tmp_path)
+    res = run(ctx, parse_method_config({"name": "gconv", "groups": 4, "heuristic": "grps", "bn_batches": 0}))
+    perms = [n for n, lc in res.plan.layers.items() if lc.conv_groups and (lc.perm_in or lc.perm_out)]
+    assert perms, "GRPS permuted no layer: the gathers would go untested"
+    masked, _ = mask(ctx.model, res.plan, ctx.space)
+    info = export_onnx(res.model, tmp_path / "g.onnx", ctx.space.input_shape, verify=True)
+    assert info.max_abs_diff is not None and info.max_abs_diff < 1e-4
+    groups = [
+        a.i
+        for n in onnx.load(tmp_path / "g.onnx").graph.node
+        if n.op_type == "Conv"
+        for a in n.attribute
+        if a.name == "group" and a.i > 1
+    ]
+    assert groups and set(groups) == {4}
+    x = torch.randn(3, *ctx.space.input_shape[1:])
+    sess = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = masked.eval()(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_layers_are_excluded_by_tag_or_name_pattern():
+    space = ChannelSpace.build(create_model("resnet20").eval(), SHAPE, quiet=True)
+    every = set(regroupable(space, []))
+    strided = {n for n, s in space.layers.items() if n in every and s.stride > 1}
+    assert strided and set(regroupable(space, ["strided"])) == every - strided
+    assert "conv1" in every and "conv1" not in regroupable(space, ["first"])
+    residual = every - set(regroupable(space, ["residual"]))
+    assert residual and all(n == "conv1" or n.endswith(("conv2", "downsample.0")) for n in residual), residual
+    by_name = set(regroupable(space, ["layer3.*"]))
+    assert by_name and not any(n.startswith("layer3.") for n in by_name)
+    assert {n for n in every if n.startswith("layer3.")} == every - by_name
+
+
 def test_grps_keeps_at_least_the_mass_of_same_on_a_whole_model(tmp_path):
     ctx = _ctx(tmp_path=tmp_path)
     kept = {}
@@ -255,6 +298,48 @@ def test_search_stays_within_a_params_budget_and_composes_with_channel_pruning(t
         assert r["c_in"] % r["groups"] == 0 and r["c_out"] % r["groups"] == 0
     _masked_equals_applied(ctx, res)
     assert ctx.budget.value("params", res.plan) == ctx.cost.cost(res.plan).params  # budgets count the groups
+
+
+def test_search_under_a_predicted_latency_budget_never_exceeds_it(tmp_path, monkeypatch):
+    """The MAX_COST search with ``latency_ms`` as the budget and as the move cost (``search_cost: latency``),
+    predicted from a latency table (synthetic timings: ms ~ MACs / G, so a smaller G costs time)."""
+    from tests.test_lut import fake_overhead, fake_time
+
+    from prunekit.cost.lut import build_table
+    from prunekit.cost.predict import LatencyModel
+
+    fake_time(monkeypatch)
+    ctx = _ctx(tmp_path=tmp_path)
+    table = build_table(
+        ctx.model,
+        SHAPE,
+        tmp_path / "r20.lut.json",
+        spec="resnet20",
+        points=3,
+        groups=(1, 2, 4, 8),
+        densities=(1.0,),
+        overhead=fake_overhead,
+    )
+    lat = LatencyModel(table, ctx.space, batch=1)
+    base_ms = lat.predict(plan_from_widths(ctx.space, ctx.space.channels))
+    assert base_ms > 0
+    every_g8 = run(ctx, parse_method_config({"name": "gconv", "groups": 8, "measure_overhead": False}))
+    floor_ms = lat.predict(every_g8.plan)
+    limit = floor_ms + 0.4 * (
+        base_ms - floor_ms
+    )  # between all-at-largest-G and dense: the search must stop inside
+    ctx.budget = Budget([Constraint("latency_ms", limit, None, base_ms, "predicted")], ctx.cost, latency=lat)
+    res = run(
+        ctx,
+        parse_method_config(
+            {"name": "gconv", "search": True, "search_cost": "latency", "measure_overhead": False}
+        ),
+    )
+    got = lat.predict(res.plan)
+    assert got <= limit + 1e-9, (got, limit)
+    assert res.extra["moves"], "the search made no move"
+    assert got > floor_ms  # it moved some layer to a smaller G while the budget held
+    assert len({r["groups"] for r in res.history}) > 1
 
 
 def test_search_without_a_budget_and_an_impossible_budget_fail_clearly(tmp_path):

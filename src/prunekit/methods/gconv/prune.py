@@ -50,7 +50,9 @@ from prunekit.methods.gconv.groups import (
 from prunekit.methods.gconv.permutation import SORT_ITERS, GroupPermutation, group_permutation
 from prunekit.methods.gconv.search import SearchOutcome, max_cost_search
 from prunekit.nn import GatherConv
+from prunekit.search.encoding import layer_tags
 from prunekit.space import ChannelSpace, Plan, apply, plan_from_widths
+from prunekit.space.channels import TAGS
 from prunekit.space.plan import LayerChoice, can_regroup
 from prunekit.train.bn import recalibrate_bn
 
@@ -80,8 +82,9 @@ class GConvConfig(BaseModel):
         sort_iters: ``N_S`` of GRPS (seed ``--num-sort-iters``, 10).
         criterion: ``l2`` (kernel norms, default) or ``taylor`` (``|W * dL/dW|`` over ``taylor_batches`` batches).
         max_groups, allow_depthwise, min_factor: the seed's limits on G (64, false, 1).
-        exclude: layer-name patterns (fnmatch) kept dense; ``first`` = every conv reading the model input (the
-            seed excludes ``conv1``). Model outputs are never regrouped.
+        exclude: layers kept dense: layer tags (``first`` = every conv reading the model input, the seed's
+            ``conv1``; ``last``, ``strided``, ``residual``, ``expansion``: :func:`prunekit.search.encoding.layer_tags`)
+            or layer-name patterns (fnmatch). Model outputs are never regrouped.
         channel_plan: a ``plan.json`` of another run of the same model and input: GConv runs on the channels that
             plan keeps (composition with channel pruning); G must divide the kept counts.
         recovery: ``finetune`` (the run's recipe on the pruned weights) or ``scratch`` (re-initialised first).
@@ -157,23 +160,23 @@ def _base_plan(ctx: MethodContext, cfg: GConvConfig) -> Plan:
     return plan.model_copy(deep=True)
 
 
-def _first_layers(space: ChannelSpace) -> set[str]:
-    """Convs reading the model input: their input channels belong to no channel group."""
-    in_grouped = {m.module for g in space.groups for m in g.members if m.dim == "in"}
-    return {n for n, s in space.layers.items() if s.kind == "conv" and n not in in_grouped}
-
-
 def regroupable(space: ChannelSpace, exclude: list[str]) -> list[str]:
-    """The layers GConv may regroup: dense convs that are not model outputs and not ``exclude``d."""
-    first = _first_layers(space) if "first" in exclude else set()
-    patterns = [p for p in exclude if p != "first"]
+    """The layers GConv may regroup: dense convs that are not model outputs and not ``exclude``d.
+
+    An ``exclude`` entry that is a layer tag (:func:`prunekit.search.encoding.layer_tags`, the vocabulary of
+    :data:`prunekit.space.channels.TAGS`: ``first``, ``last``, ``strided``, ``residual``, ``expansion``, ...)
+    excludes every layer carrying it; any other entry is an ``fnmatch`` pattern on layer names.
+    """
+    tags = layer_tags(space)
+    by_tag = {t for t in exclude if t in TAGS}
+    patterns = [p for p in exclude if p not in TAGS]
     outputs = set(space.output_layers)
     return [
         n
         for n, s in space.layers.items()
         if can_regroup(s)
         and n not in outputs
-        and n not in first
+        and not (tags.get(n, frozenset()) & by_tag)
         and not any(fnmatch.fnmatchcase(n, p) for p in patterns)
     ]
 
@@ -250,6 +253,23 @@ def _layer_costs(
     return out
 
 
+def _measured_groups(cands: dict[str, list[int]], measured: list[int]) -> dict[str, list[int]]:
+    """``cands`` limited to the group counts a latency table measured (a latency search cannot predict the
+    others); raises when no layer keeps a ``G > 1``."""
+    keep = set(measured) | {1}
+    out = {n: [g for g in c if g in keep] for n, c in cands.items()}
+    dropped = sorted({g for c in cands.values() for g in c} - keep)
+    if dropped:
+        log.info("gconv search: G %s left out, the latency table measured groups %s", dropped, sorted(keep))
+    out = {n: c for n, c in out.items() if len(c) > 1}
+    if not out:
+        raise PrunekitError(
+            f"the latency table measured groups {sorted(keep)}, none legal for a regroupable layer here: rebuild "
+            "it with `prunekit lut build --groups 2 4 ...`"
+        )
+    return out
+
+
 def _search(
     ctx: MethodContext,
     cfg: GConvConfig,
@@ -262,11 +282,6 @@ def _search(
         raise PrunekitError(
             "gconv search: true needs a budget: set target (params_ratio, macs_ratio, latency_ratio or absolute)"
         )
-    costs = _layer_costs(ctx, base, cands)
-    names = list(cands)
-    widths = base.widths(ctx.space)
-    base_cost = ctx.cost.cost(base)
-    totals = {"macs": float(base_cost.macs), "params": float(base_cost.params)}
     latency = budget.latency
     needs_latency = "latency_ms" in budget.metrics_constrained or cfg.search_cost == "latency"
     if needs_latency and not hasattr(latency, "batch"):
@@ -274,6 +289,13 @@ def _search(
             "gconv's group search predicts latency from a table: set target.latency_lut (build one with "
             "`prunekit lut build`), or search under params / MACs"
         )
+    if needs_latency:
+        cands = _measured_groups(cands, latency.table.groups)  # type: ignore[union-attr]
+    costs = _layer_costs(ctx, base, cands)
+    names = list(cands)
+    widths = base.widths(ctx.space)
+    base_cost = ctx.cost.cost(base)
+    totals = {"macs": float(base_cost.macs), "params": float(base_cost.params)}
 
     def metric(m: str, groups: dict[str, np.ndarray]) -> np.ndarray:
         if m == "latency_ms":
