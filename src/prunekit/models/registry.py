@@ -7,15 +7,23 @@ Spec grammar (whitespace around names, keys and values is ignored)::
     torchvision:NAME[:key=value,...]               torchvision.models.get_model(NAME, **options)
     path/to/file.py:factory[:key=value,...]        factory(**options) from a user's Python file
 
-Values parse as ``int``, then ``float``, then ``bool`` (``true``/``false``, any case), else ``str``. For
-builtin and file models the value is then checked against the factory's signature (annotation, else the type
-of the default): an ``int`` is accepted where a ``float`` is expected, anything else that does not match is an
-error. Every problem with a spec raises :class:`prunekit.errors.PrunekitError` with a one-line message naming
-the problem and the fix.
+Values parse as ``int``, then ``float``, then ``bool`` (``true``/``false``, any case), then ``None``
+(``None``/``null``, any case), else ``str``; e.g.
+``torchvision:lraspp_mobilenet_v3_large:weights=None,weights_backbone=None`` or ``timm:resnet18:pretrained=false``.
+For builtin and file models the value is then checked against the factory's signature (annotation, else the type
+of the default): an ``int`` is accepted where a ``float`` is expected; ``None`` where the annotation is Optional
+(``X | None``), the default is ``None`` or the option has no annotation; a ``str`` option keeps the text as
+written; anything else that does not match is an error. Every problem with a spec raises
+:class:`prunekit.errors.PrunekitError` with a one-line message naming the problem and the fix.
 
-:meth:`ModelSpec.to_string` gives a canonical spec (options sorted by key, values in canonical form) so that
-``parse_spec(spec.to_string()) == spec``; save it beside a pruning plan and rebuild the model with
-:func:`create_model`.
+:meth:`ModelSpec.to_string` gives a canonical spec (options sorted by key, values in canonical form: ``true``,
+``false``, ``None``, ``repr`` of floats) so that ``parse_spec(spec.to_string()) == spec``; save it beside a
+pruning plan and rebuild the model with :func:`create_model`.
+
+Any exception raised while the model is built (inside a builtin, file, timm or torchvision factory) becomes one
+:class:`~prunekit.errors.PrunekitError` line naming the spec and the problem; a download attempt (prunekit never
+downloads at run time) says which option to pass instead, e.g. ``weights=None,weights_backbone=None`` for
+torchvision or ``pretrained=false`` for timm, with local weights loaded through ``baseline.checkpoint``.
 """
 
 from __future__ import annotations
@@ -27,9 +35,11 @@ import importlib.util
 import inspect
 import math
 import re
+import socket
 import sys
 import types
 import typing
+import urllib.error
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +72,7 @@ _BUILTIN_MODULES = (
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FILE_RE = re.compile(r"^(?P<path>.+?\.py)(?::(?P<factory>[^:]*))?(?::(?P<opts>.*))?$", re.DOTALL)
+_NONE_WORDS = ("none", "null")
 _INSTALL_HINT = "pip install -c constraints.txt timm torchvision (versions built for your torch)"
 
 
@@ -137,7 +148,7 @@ def model_options(name: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- value handling
 def _infer_value(raw: str) -> Any:
-    """Parse a spec value: int, then float, then bool (true/false), else the string itself."""
+    """Parse a spec value: int, then float, then bool (true/false), then None (None/null), else the string."""
     try:
         return int(raw)
     except ValueError:
@@ -149,11 +160,15 @@ def _infer_value(raw: str) -> Any:
     low = raw.lower()
     if low in ("true", "false"):
         return low == "true"
+    if low in _NONE_WORDS:
+        return None
     return raw
 
 
 def _format_value(value: Any) -> str:
     """Canonical text of a spec value; ``_infer_value(_format_value(v)) == v`` for every accepted value."""
+    if value is None:
+        return "None"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -164,7 +179,7 @@ def _format_value(value: Any) -> str:
         return value
     raise PrunekitError(
         f"option value {value!r} of type {type(value).__name__} cannot be written in a model spec: "
-        "use an int, float, bool or string"
+        "use an int, float, bool, None or string"
     )
 
 
@@ -183,10 +198,17 @@ def _type_name(tp: Any) -> str:
 def _coerce(model: str, key: str, raw: str, annotation: Any, default: Any) -> Any:
     """Convert ``raw`` to the type the factory parameter expects, or raise a PrunekitError."""
     expected: tuple[Any, ...]
+    # None is accepted where the annotation allows it, the default is None, or there is no annotation (the type
+    # of a default is only a guess: ``weights="DEFAULT"`` may well take None)
+    optional = default is None or annotation is inspect.Parameter.empty
     if annotation is not inspect.Parameter.empty and annotation is not Any:
         origin = typing.get_origin(annotation)
         if origin is typing.Union or origin is types.UnionType:
-            expected = tuple(a for a in typing.get_args(annotation) if a is not type(None))
+            args = typing.get_args(annotation)
+            optional = optional or type(None) in args
+            expected = tuple(a for a in args if a is not type(None))
+        elif annotation is None or annotation is type(None):
+            optional, expected = True, ()
         else:
             expected = (annotation,)
     elif default is not inspect.Parameter.empty and default is not None:
@@ -197,6 +219,8 @@ def _coerce(model: str, key: str, raw: str, annotation: Any, default: Any) -> An
     if not simple:  # unknown / exotic annotation: accept the inferred value as is
         return _infer_value(raw)
     inferred = _infer_value(raw)
+    if inferred is None and optional:
+        return None
     for tp in simple:
         if tp is bool and isinstance(inferred, bool):
             return inferred
@@ -206,7 +230,7 @@ def _coerce(model: str, key: str, raw: str, annotation: Any, default: Any) -> An
             return float(inferred)
     if str in simple:
         return raw
-    want = " or ".join(_type_name(t) for t in simple)
+    want = " or ".join([_type_name(t) for t in simple] + (["None"] if optional else []))
     example = {int: "10", float: "0.5", bool: "true", str: "text"}[simple[0]]
     raise PrunekitError(
         f"option {key}={raw!r} of model {model} has the wrong type: expected {want}, e.g. {key}={example}"
@@ -257,7 +281,7 @@ class ModelSpec:
     Attributes:
         source: ``"builtin"``, ``"timm"``, ``"torchvision"`` or ``"file"``.
         name: the model name (builtin / timm / torchvision) or the factory function name (file).
-        kwargs: options passed to the factory, already converted to int/float/bool/str.
+        kwargs: options passed to the factory, already converted to int/float/bool/None/str.
         path: the Python file holding the factory (``source == "file"`` only, as written in the spec).
     """
 
@@ -280,8 +304,8 @@ class ModelSpec:
         """Canonical spec string; ``parse_spec(spec.to_string()) == spec``.
 
         Raises:
-            PrunekitError: an option value cannot be written in a spec (not int/float/bool/str, or a string
-                containing ``,``, ``:`` or ``=``).
+            PrunekitError: an option value cannot be written in a spec (not int/float/bool/None/str, or a
+                string containing ``,``, ``:`` or ``=``).
         """
         parts = []
         for key, value in self.kwargs.items():
@@ -404,6 +428,69 @@ def parse_spec(spec: str) -> ModelSpec:
 
 
 # -------------------------------------------------------------------------------------------- construction
+# a failed fetch: urllib (URLError, HTTPError), sockets, http.client, ssl, requests / huggingface_hub / httpx
+_NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, socket.gaierror, socket.herror)
+_NETWORK_MODULES = ("huggingface_hub", "requests", "urllib3", "httpx", "http", "ssl")
+_NETWORK_WORDS = re.compile(
+    r"download|\burls?\b|https?://|\bhub\b|hf[-_]hub|huggingface|internet|offline|\bconnect(ion)?\b|"
+    r"name resolution",
+    re.IGNORECASE,
+)
+_DOWNLOAD_ADVICE = {
+    "torchvision": "pass weights=None,weights_backbone=None in the spec, e.g. torchvision:{name}:weights=None,"
+    "weights_backbone=None",
+    "timm": "pass pretrained=false in the spec, e.g. timm:{name}:pretrained=false (a timm:hf-hub: name always "
+    "downloads: name the architecture instead)",
+    "builtin": "build the model without pretrained weights",
+    "file": "make the factory build the model without downloading (torchvision: weights=None,"
+    "weights_backbone=None; timm: pretrained=False), e.g. by passing those options in the spec",
+}
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    detail = " ".join(str(exc).split())
+    if len(detail) > limit:
+        detail = detail[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def _is_download_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) looks like a failed network fetch."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(seen) < 20:
+        seen.add(id(cur))
+        if isinstance(cur, _NETWORK_ERRORS):
+            return True
+        if any(c.__module__.split(".")[0] in _NETWORK_MODULES for c in type(cur).__mro__):
+            return True
+        if isinstance(cur, (RuntimeError, OSError)) and _NETWORK_WORDS.search(str(cur)):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _spec_label(ms: ModelSpec) -> str:
+    try:
+        return ms.to_string()
+    except PrunekitError:
+        return {"builtin": ms.name, "file": f"{ms.path}:{ms.name}"}.get(ms.source, f"{ms.source}:{ms.name}")
+
+
+def _build_failure(ms: ModelSpec, exc: Exception) -> PrunekitError:
+    """One-line PrunekitError for an exception raised while the model of ``ms`` was being built."""
+    label = _spec_label(ms)
+    if _is_download_error(exc):
+        advice = _DOWNLOAD_ADVICE[ms.source].format(name=ms.name)
+        return PrunekitError(
+            f"building model {label} tried to download weights ({_one_line(exc, 200)}): prunekit never downloads "
+            f"at run time; {advice}, and load local weights with baseline.checkpoint"
+        )
+    return PrunekitError(
+        f"building model {label} failed with {_one_line(exc)}: fix the options in the spec or the factory"
+    )
+
+
 def _load_file_factory(path_text: str, factory_name: str) -> Callable[..., nn.Module]:
     path = Path(path_text).expanduser()
     if not path.is_file():
@@ -422,6 +509,14 @@ def _load_file_factory(path_text: str, factory_name: str) -> Callable[..., nn.Mo
         mod_spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
         sys.modules.pop(mod_name, None)
+        if isinstance(exc, PrunekitError):
+            raise
+        if _is_download_error(exc):
+            raise PrunekitError(
+                f"importing model file {path_text!r} tried to download ({_one_line(exc, 200)}): prunekit never "
+                f"downloads at run time; {_DOWNLOAD_ADVICE['file']}, and load local weights with "
+                "baseline.checkpoint"
+            ) from exc
         detail = " ".join(str(exc).split())
         raise PrunekitError(
             f"importing model file {path_text!r} failed with {type(exc).__name__}: {detail}; fix the file"
@@ -452,25 +547,31 @@ def _import_optional(package: str) -> Any:
         ) from exc
 
 
-def _create_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
+def _create_timm(ms: ModelSpec, kwargs: dict[str, Any]) -> nn.Module:
+    name = ms.name
     timm = _import_optional("timm")
     _import_optional("torchvision")
     try:
         return timm.create_model(name, **kwargs)
+    except PrunekitError:
+        raise
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise PrunekitError(
                 f"unknown timm model {name!r}: list the known ones with timm.list_models('*{name}*')"
             ) from exc
-        raise
+        raise _build_failure(ms, exc) from exc
     except TypeError as exc:
         raise PrunekitError(
             f"timm model {name} rejected its options ({' '.join(str(exc).split())}): "
             "check the option names in the timm docs"
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - a download attempt, or anything else inside timm
+        raise _build_failure(ms, exc) from exc
 
 
-def _create_torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
+def _create_torchvision(ms: ModelSpec, kwargs: dict[str, Any]) -> nn.Module:
+    name = ms.name
     tv = _import_optional("torchvision")
     in_chans = kwargs.pop("in_chans", None)
     if in_chans is not None and in_chans != 3:
@@ -488,11 +589,15 @@ def _create_torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
         )
     try:
         return tv.models.get_model(name, **kwargs)
+    except PrunekitError:
+        raise
     except TypeError as exc:
         raise PrunekitError(
             f"torchvision model {name} rejected its options ({' '.join(str(exc).split())}): "
             "check the option names in the torchvision docs"
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - a download attempt, a bad weights name, anything inside torchvision
+        raise _build_failure(ms, exc) from exc
 
 
 def _check_override(key: str, value: int | None) -> None:
@@ -512,7 +617,9 @@ def create_model(
     Raises:
         PrunekitError: any spec error of :func:`parse_spec`; file not found / not importable; factory not
             found in the file or not returning an ``nn.Module``; the factory does not accept an override;
-            timm/torchvision not importable (with the install command) or unknown there.
+            timm/torchvision not importable (with the install command) or unknown there; any exception raised
+            while building the model (one line naming the spec; a download attempt says what to pass
+            instead, e.g. ``weights=None,weights_backbone=None`` or ``pretrained=false``).
     """
     ms = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
     _check_override("num_classes", num_classes)
@@ -524,9 +631,9 @@ def create_model(
         kwargs["in_chans"] = in_chans
 
     if ms.source == "timm":
-        return _create_timm(ms.name, kwargs)
+        return _create_timm(ms, kwargs)
     if ms.source == "torchvision":
-        return _create_torchvision(ms.name, kwargs)
+        return _create_torchvision(ms, kwargs)
 
     if ms.source == "builtin":
         factory = _get_builtin(ms.name)
@@ -536,7 +643,12 @@ def create_model(
         factory = _load_file_factory(ms.path, ms.name)
         label, what = f"{ms.path}:{ms.name}", "factory"
     kwargs = _validate_kwargs(label, factory, {k: _format_value(v) for k, v in kwargs.items()}, what=what)
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except PrunekitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the factory may raise anything (KeyboardInterrupt passes)
+        raise _build_failure(ms, exc) from exc
     if not isinstance(model, nn.Module):
         raise PrunekitError(
             f"model factory {label} returned {type(model).__name__}, not a torch.nn.Module: "
