@@ -316,7 +316,10 @@ _value = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.booleans(),
     st.from_regex(r"[a-z][a-z0-9_.\-/]{0,10}", fullmatch=True).filter(
-        lambda s: s not in ("true", "false", "none", "null", "inf", "nan", "infinity") and not s.startswith(("inf", "nan"))
+        lambda s: (
+            s not in ("true", "false", "none", "null", "inf", "nan", "infinity")
+            and not s.startswith(("inf", "nan"))
+        )
     ),
 )
 

@@ -55,6 +55,15 @@ def test_target_selection_keeps_the_model_at_the_target_that_plain_nsga2_drops()
     assert sorted(int(x) for x in plain.get("X").ravel()) == [1, 2, 3]  # B, C, D: A is dominated by B
 
 
+def test_an_overflowing_front_is_crowded_on_its_distance_to_the_target_not_on_raw_latency():
+    # one front of five in (loss, |latency - 10|): gaps 0, 1, 3, 4, 10 with falling losses; room for three.
+    # Crowding on the gap keeps the extremes (gap 0, gap 10) and D (gap 4: the widest interval, 7/10); crowding on
+    # the raw latency (6, 10, 11, 13, 20) would keep D and E (its extremes) and C (9/14) instead.
+    F = np.array([[0.5, 10.0], [0.4, 11.0], [0.3, 13.0], [0.2, 6.0], [0.1, 20.0]])
+    picked = select_for_targets(F, 3, np.array([10.0]))
+    assert sorted(picked.tolist()) == [0, 3, 4]
+
+
 def test_target_selection_goes_round_robin_over_the_targets_front_by_front():
     # target 0.5: front 0 = {A, B, C}; target 0.1: front 0 = {B, C, D} -> D comes before any second front
     picked = select_for_targets(TOY, 4, np.array([0.5, 0.1]))

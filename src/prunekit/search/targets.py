@@ -6,14 +6,15 @@ deployment latencies. So ``k`` target latencies ``t_1..t_k`` are sampled between
 and the all-upper-bound encodings, and for each target the objectives become ``(loss, |latency - t_j|)``. Each target
 gets its own non-dominated sorting (pymoo's ``NonDominatedSorting``); survivors are taken **front by front,
 round-robin over the targets** (front 0 of target 1, front 0 of target 2, ..., then front 1 of each), a front that
-would overflow is truncated by crowding distance (pymoo's ``calc_crowding_distance``) on the raw latency of its
-members, largest first. One search thus keeps, near every target, the models that trade loss against being close
+would overflow is truncated by crowding distance (pymoo's ``calc_crowding_distance``) on its members'
+``|latency - t_j|``, largest first. One search thus keeps, near every target, the models that trade loss against being close
 to it, and its final population spreads over the whole latency range ("one search, many deployments").
 
 As in the seed (``lib/EMO/nsga_ii.py``, ``_psorted`` / ``_select_by_frontier``): targets are ``linspace(lo, hi, k)``
 (``uniform``) or uniform random (``random``, optionally with the end points fixed: ``sandwich``); the crowding of an
-overflowing front is computed on the latency column itself (the seed's code; the paper's text does not say), and an
-individual already chosen for an earlier target is not chosen twice.
+overflowing front is computed on the ``|latency - t|`` objective of its target (the seed's ``by_frontier`` default,
+``shared/reference/seed-methods.md`` §1.5), and an individual already chosen for an earlier target is not chosen
+twice.
 """
 
 from __future__ import annotations
@@ -66,23 +67,24 @@ def select_for_targets(F: np.ndarray, n_survive: int, targets: np.ndarray, *, la
     F = np.asarray(F, dtype=np.float64)
     if len(F) <= n_survive:
         return np.arange(len(F))
-    fronts = []
+    fronts, gaps = [], []
     for t in np.atleast_1d(targets):
         Ft = F.copy()
         Ft[:, latency] = np.abs(F[:, latency] - t)
         fronts.append(NonDominatedSorting().do(Ft))
+        gaps.append(Ft[:, [latency]])
     chosen: list[int] = []
     taken = np.zeros(len(F), dtype=bool)
     stage = 0
     while len(chosen) < n_survive:
-        for per_target in fronts:
+        for per_target, gap in zip(fronts, gaps, strict=True):
             if stage >= len(per_target):
                 continue
             new = [int(i) for i in per_target[stage] if not taken[i]]
             room = n_survive - len(chosen)
-            if len(new) > room:  # truncate by crowding on the latency of the whole front, largest first
+            if len(new) > room:  # truncate by crowding on |latency - t| over the whole front, largest first
                 front = np.asarray(per_target[stage])
-                cd = calc_crowding_distance(F[front][:, [latency]])
+                cd = calc_crowding_distance(gap[front])
                 order = [int(front[j]) for j in np.argsort(-cd, kind="stable")]
                 new = [i for i in order if not taken[i]][:room]
             chosen.extend(new)
