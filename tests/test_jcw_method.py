@@ -15,6 +15,7 @@ from tests.test_train import cfg_, loaders, new_model
 from prunekit.cli import main
 from prunekit.cost.lut import build_table
 from prunekit.cost.predict import LatencyModel
+from prunekit.io import load_state, load_weights
 from prunekit.methods.jcw import search as jsearch
 from prunekit.methods.jcw.front import front_indices
 from prunekit.models import create_model
@@ -136,9 +137,13 @@ def test_jcw_end_to_end_on_fashion_mnist(tmp_path, capsys, monkeypatch, r20_lut)
             "bn_batches": 2,
             "search": {"population": 4, "generations": 1},
             "member": {"regular": tiny, "admm": {"epochs": 0.3, "lr": 0.005}, "rho": 0.01, "ft": tiny},
+            "train": {"latency_ratio": [1.0, 0.95]},  # more members from the same front, in the same run
         },
         "finetune": {"epochs": 0.2, "lr": 0.01},
-        "export": {"onnx": False, "latency": False},  # measured latency is the pipeline's, tested elsewhere
+        "export": {
+            "onnx": False,
+            "latency": False,
+        },  # the run's measured latency is the pipeline's, tested elsewhere
     }
     path = tmp_path / "jcw.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -162,6 +167,24 @@ def test_jcw_end_to_end_on_fashion_mnist(tmp_path, capsys, monkeypatch, r20_lut)
     assert report["pruned"]["macs"] <= report["baseline"]["macs"]
     if member["sparse_layers"]:  # its trained weights carry the block sparsity of its densities
         assert member["density"] < 1.0
+    # every front member measured in ONNX Runtime beside its prediction
+    assert all(m["measured_ms"] > 0 and m["measured_ratio"] > 0 for m in front)
+    assert "measured ms" in (out / "report.md").read_text()
+    assert "Trained members" in (out / "report.md").read_text()
+    # method.train: per budget the lowest-loss member within it, trained, saved and restorable from its directory
+    trained = report["extra"]["members"]
+    full = json.loads((out / "front" / "front.json").read_text())["full_ms"]
+    for ratio in (1.0, 0.95):
+        ok = [m for m in front if m["predicted_ms"] <= ratio * full * (1 + 1e-9)]
+        if ok:
+            best = min(ok, key=lambda m: m["proxy_loss"])["member"]
+            assert any(t["member"] == best and f"latency_ratio {ratio:g}" in t["budgets"] for t in trained)
+    assert trained
+    for t in trained:
+        d = out / t["dir"]
+        net = rebuild(Plan.load(d / "plan.json"))
+        load_weights(net, load_state(d / "model.safetensors"), "model.safetensors")  # strict: same shapes
+        assert 0.0 <= t["test_top1"] <= 1.0 and t["predicted_ms"] > 0
 
     # any front member trains through the `plan` method: no encoding copied by hand
     sparse = [m for m in front if m["mean_density"] < 1.0][0]

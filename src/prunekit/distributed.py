@@ -14,6 +14,7 @@ All helpers work (as identities / single-rank answers) when the process group is
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "init_from_env",
     "is_distributed",
     "is_main",
+    "map_sharded",
 ]
 
 
@@ -167,6 +169,29 @@ def all_gather_objects(obj: Any) -> list[Any]:
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
+    return out
+
+
+def map_sharded(fn: Callable[[list[Any]], Sequence[Any]], items: Sequence[Any]) -> list[Any]:
+    """``fn(items)`` with the work split over the ranks: rank ``r`` calls ``fn`` on ``items[r::world]`` (one call,
+    possibly empty), the results are all-gathered and put back in ``items`` order on every rank. ``fn`` must give
+    every rank the same value for the same item (e.g. one model, unsharded evaluation data) and return one picklable
+    result per item. Not distributed: ``list(fn(list(items)))``.
+
+    Raises:
+        PrunekitError: ``fn`` returned a different number of results than it was given items.
+    """
+    items = list(items)
+    world, rank = get_world_size(), get_rank()
+    mine = items[rank::world] if world > 1 else items
+    got = list(fn(mine)) if mine else []
+    if len(got) != len(mine):
+        raise PrunekitError(f"map_sharded: fn returned {len(got)} results for {len(mine)} items")
+    if world == 1:
+        return got
+    out: list[Any] = [None] * len(items)
+    for r, part in enumerate(all_gather_objects(got)):
+        out[r::world] = part
     return out
 
 

@@ -421,6 +421,7 @@ def _front(r: Mapping) -> list[str]:
             ("**" + str(m.get("member")) + "**") if m.get("member") == chosen else str(m.get("member", DASH)),
             f"`front/{m.get('file')}`" if m.get("file") else DASH,
             fmt_ms(m.get("predicted_ms")),
+            fmt_ms(m.get("measured_ms")),
             _fmt_value("proxy_loss", m.get("proxy_loss")),
             fmt_macs(m.get("macs")),
             fmt_macs(m.get("effective_macs")),
@@ -434,6 +435,7 @@ def _front(r: Mapping) -> list[str]:
         "member",
         "plan",
         "predicted ms (b1)",
+        "measured ms (b1)",
         "proxy loss",
         "MACs",
         "effective MACs",
@@ -447,9 +449,47 @@ def _front(r: Mapping) -> list[str]:
         + (f"member {chosen} (bold) was trained and measured above. " if chosen is not None else "")
         + "Train any other with `method: {name: plan, plan: RUN/front/member-<i>.json}`."
     )
-    lines += [""] + _table(headers, rows, ["r", "l", "r", "r", "r", "r", "r", "r", "r"]) + [""]
+    lines += [""] + _table(headers, rows, ["r", "l", "r", "r", "r", "r", "r", "r", "r", "r"]) + [""]
     fig = _dict(extra.get("figures")).get("front")
-    return lines + ([f"![front]({fig})", ""] if fig else [])
+    lines += [f"![front]({fig})", ""] if fig else []
+    return lines + _trained_members(extra)
+
+
+def _trained_members(extra: Mapping) -> list[str]:
+    """The members ``method.train`` trained (JCW: ``extra.members``), one row each."""
+    members = [m for m in _list(extra.get("members")) if isinstance(m, Mapping)]
+    if not members:
+        return []
+    rows = [
+        [
+            str(m.get("member", DASH)) + (" (deployed)" if m.get("deployed") else ""),
+            str(m.get("budgets", DASH)),
+            fmt_pct(m.get("test_top1")),
+            fmt_macs(m.get("macs")),
+            fmt_macs(m.get("effective_macs")),
+            fmt_params(m.get("params")),
+            fmt_ms(m.get("predicted_ms")),
+            fmt_ms(m.get("measured_ms")),
+            f"`{m.get('dir')}/`" if m.get("dir") else DASH,
+        ]
+        for m in members
+    ]
+    headers = [
+        "member",
+        "budget",
+        "test top-1",
+        "MACs",
+        "effective MACs",
+        "params",
+        "predicted ms",
+        "measured ms",
+        "dir",
+    ]
+    return (
+        ["### Trained members (`method.train`)", ""]
+        + _table(headers, rows, ["r", "l", "r", "r", "r", "r", "r", "r", "l"])
+        + [""]
+    )
 
 
 def _block(b: Any) -> str:

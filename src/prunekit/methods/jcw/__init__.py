@@ -50,13 +50,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prunekit.cost.lut import load_table
 from prunekit.cost.predict import LatencyModel
 from prunekit.errors import PrunekitError
 from prunekit.methods.base import MethodContext, MethodResult, fresh_model, require_budget, train_plan
-from prunekit.methods.jcw.front import plot_front, save_front
+from prunekit.methods.jcw.front import measure_front, plot_front, save_front, write_front
 from prunekit.methods.jcw.search import Proxy, latencies, run_search_phase
 from prunekit.search.encoding import (
     JCW_DENSITY_BOUNDS,
@@ -114,6 +114,26 @@ class SupernetConfig(BaseModel):
     init: Literal["model", "scratch"] = "model"
 
 
+class MemberBudgets(BaseModel):
+    """``train``: more front members to train in the same run, one per budget (the seed's
+    ``generate_training_config`` step, replaced): ``latency_ms`` (predicted ms, batch 1, the table's runtime) or
+    ``latency_ratio`` (of the unpruned model's predicted latency). Per budget the member with the lowest proxy loss
+    within it -- on a front sorted by latency, the one nearest below the budget -- is trained with ``member``."""
+
+    model_config = ConfigDict(extra="forbid")
+    latency_ms: list[float] | None = None
+    latency_ratio: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> MemberBudgets:
+        given = [v for v in (self.latency_ms, self.latency_ratio) if v is not None]
+        if len(given) != 1 or not given[0] or any(x <= 0 for x in given[0]):
+            raise ValueError(
+                "method.train takes one non-empty list of positive latency_ms or latency_ratio values"
+            )
+        return self
+
+
 class JCWConfig(BaseModel):
     """Options of the ``jcw`` method (see the module docstring)."""
 
@@ -133,6 +153,9 @@ class JCWConfig(BaseModel):
     bn_batches: int = Field(10, ge=1)
     search: dict[str, Any] = Field(default_factory=dict)
     member: SparseTrainConfig = Field(default_factory=SparseTrainConfig)
+    # left out of the config's hash at their defaults, so runs written before these options existed resume
+    train: MemberBudgets | None = Field(None, exclude_if=lambda v: v is None)
+    measure_front: bool = Field(True, exclude_if=lambda v: v is True)
 
 
 Config = JCWConfig
@@ -309,11 +332,18 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
             f"of the predicted latency, {ctx.cost.cost(smallest).macs / ctx.cost.cost().macs:.0%} of the MACs) "
             f"misses the budget ({ctx.budget.describe()}): lower method.width_bounds / density_bounds or raise the target"
         )
+    _check_train_budgets(cfg, lat_lo, full_ms)
     proxy = proxy_task(ctx, cfg)
     searcher = NSGA2(enc.bounds, nsga_cfg, seed=ctx.seed, target_range=(lat_lo, lat_hi), latency_objective=1)
     out = Path(ctx.out_dir)
     supernet = fresh_model(ctx) if cfg.supernet.init == "scratch" else _copy(ctx.model)
-    fp = _fingerprint(ctx.spec, enc.state, cfg.model_dump(exclude={"member"}), lm.table.machine, ctx.seed)
+    fp = _fingerprint(
+        ctx.spec,
+        enc.state,
+        cfg.model_dump(exclude={"member", "train", "measure_front"}),
+        lm.table.machine,
+        ctx.seed,
+    )
     outcome = run_search_phase(
         model=supernet,
         fresh=lambda: fresh_model(ctx),
@@ -334,18 +364,15 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
     plans, rows = save_front(
         out / "front", enc, ctx.cost, outcome.genes, outcome.objectives, spec=ctx.spec, full_ms=full_ms
     )
+    if cfg.measure_front:
+        _measure_front(ctx, plans, rows, out / "front", full_ms)
     figures = {}
     fig = plot_front(outcome.history, rows, out / "jcw" / "front.png")
     if fig is not None:
         figures["front"] = str(fig.relative_to(out))
     k = _pick(ctx, plans, rows, full_ms)
-    plan = plans[k].model_copy(deep=True)
-    for name, lc in plan.layers.items():  # the trained masks are L2 block masks (ADMM / FT)
-        if lc.density is not None:
-            plan.layers[name] = lc.model_copy(update={"criterion": "l2"})
-    # REGULAR from the spec's initialisation; `regular: null` starts from the supernet's weights
-    base = fresh_model(ctx) if cfg.member.regular is not None else supernet
-    net, member_facts = train_plan(ctx, base, plan, cfg.member, tag="jcw")
+    plan, net, member_facts = _train_member(ctx, cfg, plans[k], supernet, tag="jcw")
+    trained = _train_more(ctx, cfg, plans, rows, full_ms, supernet, deployed=(k, net, member_facts))
     history = [
         {"step": h["generation"], "best_proxy_loss": h["best_loss"], "evaluated": h["evaluated"]}
         for h in outcome.history
@@ -358,6 +385,7 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
         extra={
             "front": rows,
             "member": {"index": k, **rows[k], **member_facts},
+            "members": trained,
             "search": {
                 **outcome.facts,
                 "latency_range_ms": [lat_lo, lat_hi],
@@ -367,6 +395,133 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
             "figures": figures,
         },
     )
+
+
+def _measure_front(
+    ctx: MethodContext, plans: list[Plan], rows: list[dict[str, Any]], out: Path, full_ms: float
+) -> None:
+    """Add the measured ONNX Runtime latency (batch 1, one thread) of every front member to its row and plan file
+    (``measured_ms``, ``measured_ratio`` to the unpruned model measured alongside), beside the predicted one."""
+    from prunekit.train import is_main
+
+    if not is_main() or not plans:
+        return
+    log.info("jcw: measuring the %d front members in ONNX Runtime (batch 1, one thread)", len(plans))
+    base_ms, ms = measure_front(ctx.model, ctx.space, plans, rounds=1 if ctx.smoke else 3)
+    for row, m in zip(rows, ms, strict=True):
+        row["measured_ms"], row["measured_ratio"] = m, m / base_ms
+    write_front(out, plans, rows, full_ms)
+
+
+def _train_member(
+    ctx: MethodContext, cfg: JCWConfig, member: Plan, supernet: nn.Module, *, tag: str
+) -> tuple[Plan, nn.Module, dict]:
+    """One front member trained as the seed's SparseTrainer does (:func:`~prunekit.methods.base.train_plan`): its
+    plan with the L2 block criterion of the ADMM / FT masks, REGULAR from the spec's initialisation (``regular:
+    null`` starts from the supernet's weights); checkpoints under ``tag``."""
+    plan = member.model_copy(deep=True)
+    for name, lc in plan.layers.items():
+        if lc.density is not None:
+            plan.layers[name] = lc.model_copy(update={"criterion": "l2"})
+    base = fresh_model(ctx) if cfg.member.regular is not None else supernet
+    net, facts = train_plan(ctx, base, plan, cfg.member, tag=tag)
+    return plan, net, facts
+
+
+def _check_train_budgets(cfg: JCWConfig, lat_lo: float, full_ms: float) -> None:
+    """Refuse, before any search, a ``method.train`` budget below the smallest model of the search space."""
+    if cfg.train is None:
+        return
+    ratio = cfg.train.latency_ratio is not None
+    for b in (cfg.train.latency_ratio if ratio else cfg.train.latency_ms) or []:
+        if (b * full_ms if ratio else b) < lat_lo:
+            have = f"{lat_lo / full_ms:.0%} of the unpruned latency" if ratio else f"{lat_lo:.3f} ms"
+            raise PrunekitError(
+                f"jcw train: budget {b:g} is below the smallest model of the search space (predicted {have}): "
+                "raise it, or lower method.width_bounds / density_bounds"
+            )
+
+
+def _budget_pick(rows: list[dict[str, Any]], limit_ms: float) -> int | None:
+    """The member with the lowest proxy loss whose predicted latency is within ``limit_ms``, or None."""
+    ok = [i for i, r in enumerate(rows) if r["predicted_ms"] <= limit_ms * (1 + 1e-9)]
+    return min(ok, key=lambda i: rows[i]["proxy_loss"]) if ok else None
+
+
+def _train_more(
+    ctx: MethodContext,
+    cfg: JCWConfig,
+    plans: list[Plan],
+    rows: list[dict[str, Any]],
+    full_ms: float,
+    supernet: nn.Module,
+    *,
+    deployed: tuple[int, nn.Module, dict],
+) -> list[dict[str, Any]]:
+    """``method.train``: per budget, the nearest front member (:func:`_budget_pick`) trained and saved under
+    ``<out>/members/member-<i>/`` (``plan.json``, ``model.safetensors``, ``member.json`` with its test / val top-1,
+    MACs, params, predicted and measured latency). A member already trained (the deployed one, or one picked by two
+    budgets) is not trained again; a finished member directory is reused when the run resumes.
+
+    Raises:
+        PrunekitError: a budget no front member meets (names the front's range).
+    """
+    if cfg.train is None:
+        return []
+    from prunekit.io import save_safetensors, write_json
+    from prunekit.train import is_main
+
+    ratio = cfg.train.latency_ratio is not None
+    budgets = cfg.train.latency_ratio if ratio else cfg.train.latency_ms
+    picks: dict[int, list[str]] = {}
+    for b in budgets or []:
+        limit = b * full_ms if ratio else b
+        i = _budget_pick(rows, limit)
+        if i is None:
+            lo = min(r["predicted_ms"] for r in rows)
+            raise PrunekitError(
+                f"jcw train: no front member within {b:g}{'x the unpruned latency' if ratio else ' ms'} "
+                f"(predicted {limit:.3f} ms); the fastest member is predicted at {lo:.3f} ms "
+                f"({lo / full_ms:.0%}): raise that budget"
+            )
+        picks.setdefault(i, []).append(f"latency_ratio {b:g}" if ratio else f"latency_ms {b:g}")
+    out: list[dict[str, Any]] = []
+    k0, net0, facts0 = deployed
+    for i, why in picks.items():
+        d = Path(ctx.out_dir) / "members" / f"member-{i}"
+        done = d / "member.json"
+        if done.is_file():
+            out.append(json.loads(done.read_text()))
+            continue
+        if i == k0:
+            net, facts = net0, facts0
+            plan = plans[i]
+        else:
+            plan, net, facts = _train_member(ctx, cfg, plans[i], supernet, tag=f"jcw_member{i}")
+        metrics = {s: ctx.evaluate(net, s) for s in ("val", "test")}
+        row = {
+            **{k: v for k, v in rows[i].items() if k != "genes"},
+            "budgets": why,
+            "val_top1": metrics["val"]["top1"],
+            "test_top1": metrics["test"]["top1"],
+            "dir": str(d.relative_to(ctx.out_dir)),
+            "deployed": i == k0,
+            **{k: v for k, v in facts.items() if isinstance(v, int | float | str)},
+        }
+        if is_main():
+            d.mkdir(parents=True, exist_ok=True)
+            plan.save(d / "plan.json")
+            save_safetensors(net.state_dict(), d / "model.safetensors")
+            write_json(done, row)
+        log.info(
+            "jcw: member %d (%s) test top-1 %.2f%%, predicted %.3f ms",
+            i,
+            ", ".join(why),
+            100 * row["test_top1"],
+            row["predicted_ms"],
+        )
+        out.append(row)
+    return out
 
 
 def _copy(model: nn.Module) -> nn.Module:

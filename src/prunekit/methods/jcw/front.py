@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.nn as nn
 
 from prunekit.cost.macs import CostModel
 from prunekit.io import write_json
 from prunekit.search.encoding import GeneEncoding
-from prunekit.space import Plan
+from prunekit.space import ChannelSpace, Plan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["front_indices", "save_front", "plot_front"]
+__all__ = ["front_indices", "measure_front", "plot_front", "save_front", "write_front"]
 
 
 def front_indices(objectives: np.ndarray) -> np.ndarray:
@@ -76,12 +77,46 @@ def save_front(
             "mean_width_ratio": float(np.mean(enc.decode_widths(genes[k]) / np.asarray(enc.space.channels))),
             "genes": [int(x) for x in genes[k]],
         }
-        plan.meta.update({"method": "jcw", **{k2: v for k2, v in row.items() if k2 not in ("file", "genes")}})
-        plan.save(out_dir / row["file"])
         plans.append(plan)
         rows.append(row)
-    write_json(out_dir / "front.json", {"full_ms": float(full_ms), "members": rows})
+    write_front(out_dir, plans, rows, full_ms)
     return plans, rows
+
+
+def write_front(out_dir: Path, plans: list[Plan], rows: list[dict[str, Any]], full_ms: float) -> None:
+    """(Re)write the member plan files (their ``meta`` = the row without ``file`` / ``genes``) and ``front.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for plan, row in zip(plans, rows, strict=True):
+        plan.meta.update({"method": "jcw", **{k: v for k, v in row.items() if k not in ("file", "genes")}})
+        plan.save(out_dir / row["file"])
+    write_json(out_dir / "front.json", {"full_ms": float(full_ms), "members": rows})
+
+
+def measure_front(
+    model: nn.Module, space: ChannelSpace, plans: list[Plan], *, rounds: int = 3, threads: int = 1
+) -> tuple[float, list[float]]:
+    """Measured ONNX Runtime latency (ms, batch 1, ``threads`` threads, median over ``rounds`` interleaved rounds)
+    of the unpruned ``model`` and of every front member (``apply(model, plan)``: weights do not matter to a dense
+    runtime, the pruned shapes do; sparse layers are exported with their zeros).
+
+    Returns:
+        ``(unpruned ms, [member ms, ...])``.
+
+    Raises:
+        PrunekitError: an export or ONNX Runtime failure (:func:`prunekit.cost.latency.interleaved_ort_latency`).
+    """
+    import statistics
+
+    from prunekit.cost.latency import interleaved_ort_latency
+    from prunekit.space import apply
+
+    shape = tuple(space.input_shape)
+    nets = [model.eval()] + [apply(model, p, space).eval() for p in plans]
+    times = interleaved_ort_latency(
+        [(m, shape) for m in nets], batch_sizes=(1,), rounds=rounds, threads=threads
+    )
+    ms = [float(statistics.median(t[1])) for t in times]
+    return ms[0], ms[1:]
 
 
 def plot_front(history: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> Path | None:

@@ -32,6 +32,7 @@ import numpy as np
 import torch.nn as nn
 
 from prunekit.cost.predict import LatencyModel
+from prunekit.distributed import map_sharded
 from prunekit.errors import PrunekitError
 from prunekit.io import load_checkpoint, save_checkpoint
 from prunekit.progress import progress_bar
@@ -285,7 +286,16 @@ def run_search_phase(
                 device=device,
             )
             t0 = time.perf_counter()
-            loss = proxy_losses(model, space, plans, proxy.bn_batches, proxy.val, device=device)
+            # under torchrun each rank scores every world-th candidate (same supernet, same unsharded proxy data)
+            loss = np.asarray(
+                map_sharded(
+                    lambda ps: proxy_losses(
+                        model, space, ps, proxy.bn_batches, proxy.val, device=device
+                    ).tolist(),
+                    plans,
+                ),
+                dtype=np.float64,
+            )
             t_eval += time.perf_counter() - t0
             lat = latencies(enc, lm, R)
             F = np.stack([loss, lat], axis=1)
