@@ -34,7 +34,7 @@ from prunekit.config import RunConfig
 from prunekit.cost.budget import Budget, Constraint, MeasuredLatency
 from prunekit.cost.latency import interleaved_ort_latency, resolve_round_to
 from prunekit.cost.macs import CostModel, count_params
-from prunekit.data import DataBundle, build_data
+from prunekit.data import NO_VAL_FIX, CustomDataBundle, DataBundle, build_data
 from prunekit.errors import PrunekitError
 from prunekit.export import export_onnx
 from prunekit.io import load_state, load_weights, save_checkpoint, save_safetensors, write_json, write_text
@@ -65,11 +65,14 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------- config helpers
 def smoke_config(cfg: RunConfig) -> RunConfig:
     """A copy of ``cfg`` shrunk for a quick end-to-end check: small stratified subsets
-    (:data:`prunekit.train.SMOKE_DATA`) and every training phase through :func:`prunekit.train.smoke_recipe`."""
+    (:data:`prunekit.train.SMOKE_DATA`) and every training phase through :func:`prunekit.train.smoke_recipe`.
+    Custom data keeps its config: its loaders are capped to about as many samples when they are built
+    (:func:`smoke_samples`)."""
     cfg = cfg.model_copy(deep=True)
     d = cfg.data
-    for key, cap in SMOKE_DATA.items():
-        setattr(d, key, min(getattr(d, key) or 10**9, cap))
+    if d.name != "custom":
+        for key, cap in SMOKE_DATA.items():
+            setattr(d, key, min(getattr(d, key) or 10**9, cap))
     if cfg.baseline.train is not None:
         cfg.baseline.train = smoke_recipe(cfg.baseline.train)
     if cfg.finetune is not None:
@@ -77,11 +80,20 @@ def smoke_config(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def smoke_samples(cfg: RunConfig) -> dict[str, int] | None:
+    """``--smoke`` with custom data: ``{split: samples}`` (the :data:`~prunekit.train.SMOKE_DATA` caps) that
+    :func:`prunekit.data.build_data` caps the user's loaders to; None for the other datasets (subset in the
+    config by :func:`smoke_config`)."""
+    if cfg.data.name != "custom":
+        return None
+    return {key.removeprefix("subset_"): cap for key, cap in SMOKE_DATA.items()}
+
+
 def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
 
 
-def resolved_spec(cfg: RunConfig, data: DataBundle) -> str:
+def resolved_spec(cfg: RunConfig, data: DataBundle | CustomDataBundle) -> str:
     """The model spec with ``num_classes`` / ``in_chans`` taken from the dataset (canonical string)."""
     spec = parse_spec(cfg.model)
     return spec.with_options(num_classes=data.num_classes, in_chans=data.in_chans).to_string()
@@ -205,6 +217,10 @@ class _Run:
     # -------------------------------------------------------------- training helpers
     def _fit(self, model: nn.Module, tc: TrainConfig, tag: str, callbacks=(), select="best", loss_fn=None):
         ckpt = self.out / "ckpt" / f"{tag}.ckpt"
+        if select == "best" and self.eval_loaders["val"] is None:
+            raise PrunekitError(
+                f"{tag} training keeps its best epoch on the validation split and this run has none: {NO_VAL_FIX}"
+            )
         res = fit(
             model,
             self.data.train,
@@ -242,16 +258,19 @@ class _Run:
         the pipeline and the methods call this in step) and the sums are all-reduced."""
         loader = self.eval_loaders["val" if split == "val" else "test"]
         if loader is None:
-            raise PrunekitError(
-                "this run has no validation split (data.val_fraction is 0); set data.val_fraction > 0"
-            )
+            raise PrunekitError(f"this run has no validation split: {NO_VAL_FIX}")
         return evaluate(model, loader, self.device)
 
     # -------------------------------------------------------------- phases
     def prepare(self) -> None:
         self.dist = init_from_env(self.cfg.device)  # no-op unless launched by torchrun
         self.device = str(self.dist.device) if self.dist.world_size > 1 else self.cfg.device
-        self.data = build_data(self.cfg.data, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.data = build_data(
+            self.cfg.data,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            max_samples=smoke_samples(self.cfg) if self.smoke else None,
+        )
         self.eval_loaders = {s: self.data.eval_loader(s) for s in ("val", "test")}
         self.spec = resolved_spec(self.cfg, self.data)
         self.input_shape = (1, self.data.in_chans, self.data.input_size, self.data.input_size)

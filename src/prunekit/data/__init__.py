@@ -10,6 +10,9 @@ In-memory datasets (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``d
 :class:`TensorLoader`; ``imagefolder`` uses a ``torch.utils.data.DataLoader`` with worker processes. Every
 loader yields ``(images float32 [B, C, H, W] normalised, labels int64 [B])``, has ``len()`` = batches per
 epoch and a ``set_epoch(e)`` that makes epoch ``e``'s order and augmentation a pure function of ``(seed, e)``.
+
+``custom`` calls the user's ``factory`` (``path/to/file.py:function``) for its own train / val / test loaders
+and uses them as they are (:mod:`prunekit.data.custom`, a :class:`~prunekit.data.custom.CustomDataBundle`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from prunekit.data.cifar import cifar_class_names, load_cifar
+from prunekit.data.custom import CustomDataBundle, build_custom
 from prunekit.data.digits import digits_stats, load_digits28
 from prunekit.data.idx import FASHION_MNIST_CLASSES, load_idx_dataset, read_idx
 from prunekit.data.imagefolder import ImageFolderDataset, ImageFolderLoader, list_classes, scan_split
@@ -37,10 +41,13 @@ from prunekit.data.splits import (
 )
 from prunekit.data.transforms import DATASET_STATS, BatchAugment, Normalize, channel_stats
 from prunekit.errors import PrunekitError
+from prunekit.userfile import split_file_ref
 
 __all__ = [
     "DATASET_NAMES",
+    "NO_VAL_FIX",
     "BatchAugment",
+    "CustomDataBundle",
     "DataBundle",
     "DataConfig",
     "ImageFolderLoader",
@@ -59,8 +66,19 @@ __all__ = [
     "stratified_subset",
 ]
 
-DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "digits"]
-DATASET_NAMES: tuple[str, ...] = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "digits")
+DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "digits", "custom"]
+DATASET_NAMES: tuple[str, ...] = (
+    "fashion_mnist",
+    "mnist",
+    "cifar10",
+    "cifar100",
+    "imagefolder",
+    "digits",
+    "custom",
+)
+
+NO_VAL_FIX = "set data.val_fraction > 0 (custom data: return a 'val' loader from data.factory)"
+"""The fix named by every error of a run that needs a validation split and has none."""
 
 Loader = TensorLoader | ImageFolderLoader
 
@@ -72,6 +90,7 @@ _DEFAULT_PADDING = {
     "cifar10": 4,
     "cifar100": 4,
     "imagefolder": 0,
+    "custom": 0,
 }
 _DEFAULT_HFLIP = {
     "fashion_mnist": True,
@@ -80,6 +99,7 @@ _DEFAULT_HFLIP = {
     "cifar10": True,
     "cifar100": True,
     "imagefolder": True,
+    "custom": False,
 }
 TEST_SUBSET_SEED = 0  # subset_test never depends on the run's seed: reports across seeds see the same images
 
@@ -93,11 +113,30 @@ class DataConfig(BaseModel):
     process); ``pin_memory`` None pins batches when CUDA is available.
     ``subset_val`` is an optional stratified cap on the val split (the val split itself never depends on
     ``subset_train``).
+
+    ``name: custom`` uses the user's own loaders: ``factory: path/to/file.py:function`` (a relative path starts
+    at the working directory) is called as ``function(**options)``, plus ``rank=`` / ``world_size=`` where it
+    takes them, and returns ``{"train": loader, "val": loader or None, "test": loader}`` (optionally
+    ``num_classes`` and ``class_names``); see :mod:`prunekit.data.custom`. Every other field decides splitting,
+    batching or augmentation, which the factory's loaders do themselves: set to anything but its default with
+    ``custom`` it is an error. ``factory`` and ``options`` only apply to ``custom`` (and are left out of the
+    config's hash otherwise, so existing runs keep theirs). ``--smoke`` caps a custom loader's batches instead of
+    subsetting it.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     name: DatasetName
+    factory: str | None = Field(
+        None,
+        description="custom: path/to/file.py:function returning the train / val / test loaders",
+        exclude_if=lambda v: v is None,
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="custom: keyword arguments of the factory",
+        exclude_if=lambda v: not v,
+    )
     data_dir: str | None = None
     val_fraction: float = 0.1
     subset_train: int | None = None
@@ -158,12 +197,45 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_combination(self) -> DataConfig:
+        if self.name == "custom":
+            return self._check_custom()
+        for key in ("factory", "options"):
+            if getattr(self, key):
+                raise ValueError(
+                    f"{key} only applies to name: custom (got name={self.name!r}); remove it or set name: custom"
+                )
         if self.image_size is not None and self.name != "imagefolder":
             raise ValueError(f"image_size only applies to imagefolder (got name={self.name!r}); remove it")
         if self.name == "imagefolder" and not self.data_dir:
             raise ValueError("imagefolder needs data_dir (a folder with train/<class>/ and val/<class>/)")
         if self.subset_val is not None and self.val_fraction == 0:
             raise ValueError("subset_val needs val_fraction > 0")
+        return self
+
+    def _check_custom(self) -> DataConfig:
+        if not self.factory:
+            raise ValueError(
+                "name: custom needs factory: path/to/file.py:function (returning {'train': loader, 'val': loader "
+                "or None, 'test': loader})"
+            )
+        if split_file_ref(self.factory) is None:
+            raise ValueError(f"factory must look like path/to/file.py:function, got {self.factory!r}")
+        fields = type(self).model_fields
+        fixed = [
+            k for k in _CUSTOM_FIXED if getattr(self, k) != fields[k].get_default(call_default_factory=True)
+        ]
+        if fixed:
+            keys = ", ".join(fixed)
+            raise ValueError(
+                f"{keys} {'does' if len(fixed) == 1 else 'do'} not apply to name: custom (the factory's loaders do "
+                f"their own splitting, batching and augmentation): remove {'it' if len(fixed) == 1 else 'them'}, "
+                "or pass what the factory needs in data.options"
+            )
+        reserved = sorted({"rank", "world_size"} & set(self.options))
+        if reserved:
+            raise ValueError(
+                f"options may not set {', '.join(reserved)}: prunekit passes rank / world_size to the factory itself"
+            )
         return self
 
     @property
@@ -173,6 +245,10 @@ class DataConfig(BaseModel):
     @property
     def resolved_hflip(self) -> bool:
         return _DEFAULT_HFLIP[self.name] if self.hflip is None else self.hflip
+
+
+# Fields with no meaning for name: custom (its loaders are the user's): refused unless at their defaults.
+_CUSTOM_FIXED = tuple(k for k in DataConfig.model_fields if k not in ("name", "factory", "options"))
 
 
 @dataclass
@@ -382,8 +458,15 @@ def _load_in_memory(
     raise PrunekitError(f"unknown dataset {cfg.name!r}: choose one of {', '.join(DATASET_NAMES)}")
 
 
-def build_data(cfg: DataConfig, *, rank: int | None = None, world_size: int | None = None) -> DataBundle:
-    """Load ``cfg.name``, split it and build the train / val / test loaders.
+def build_data(
+    cfg: DataConfig,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
+    max_samples: dict[str, int] | None = None,
+) -> DataBundle | CustomDataBundle:
+    """Load ``cfg.name``, split it and build the train / val / test loaders (``custom``: call the user's factory
+    and check its loaders, see :func:`prunekit.data.custom.build_custom`).
 
     Order of operations: keep ``classes`` (relabelled to ``0..k-1`` in the order given) -> hold out a seeded
     stratified ``val_fraction`` of the train split -> ``subset_train`` / ``subset_val`` (stratified,
@@ -392,13 +475,19 @@ def build_data(cfg: DataConfig, *, rank: int | None = None, world_size: int | No
     Args:
         cfg: the data config.
         rank, world_size: shard the train loader for distributed training; default: from ``torch.distributed``
-            when it is initialised, else ``0`` / ``1``. Val and test are never sharded.
+            when it is initialised, else ``0`` / ``1``. Val and test are never sharded. (``custom``: passed to the
+            factory, which shards its own train loader.)
+        max_samples: ``custom`` only: ``{split: n}`` caps each loader to the batches covering about ``n`` samples
+            (``--smoke``; the other datasets are subset through the config's ``subset_*`` instead).
 
     Raises:
         PrunekitError: dataset files missing or corrupt, ``classes`` out of range, a subset larger than its
-            split, an empty val split, or fewer train samples than ranks.
+            split, an empty val split, or fewer train samples than ranks; ``custom``: the factory's file or
+            function missing, the factory raising, or a bad return value / loader / batch (one line each).
     """
     rank, world_size = _resolve_dist(rank, world_size)
+    if cfg.name == "custom":
+        return build_custom(cfg, rank=rank, world_size=world_size, max_samples=max_samples)
     if cfg.name == "imagefolder":
         return _build_imagefolder(cfg, rank, world_size)
 

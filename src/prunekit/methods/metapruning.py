@@ -72,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from prunekit.cost.budget import Budget
 from prunekit.cost.latency import resolve_round_to
 from prunekit.cost.macs import CostModel
+from prunekit.data import NO_VAL_FIX
 from prunekit.errors import PrunekitError
 from prunekit.methods.base import (
     MethodContext,
@@ -399,7 +400,7 @@ def _check_inputs(
 ) -> tuple[GeneEncoding, float, float]:
     """The search space and the MACs window ``(enc, lo, hi)``, after checking the run can do MetaPruning."""
     if getattr(ctx.data, "val", None) is None:
-        raise PrunekitError("metapruning scores candidates on a held-out split: set data.val_fraction > 0")
+        raise PrunekitError(f"metapruning scores candidates on a held-out split: {NO_VAL_FIX}")
     require_train(ctx, "metapruning")
     lo, hi = macs_window(cfg, target)
     enc = search_encoding(ctx.space, cfg)

@@ -29,7 +29,6 @@ torchvision or ``pretrained=false`` for timm, with local weights loaded through 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -42,12 +41,12 @@ import typing
 import urllib.error
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.userfile import load_file_callable, one_line
 
 __all__ = [
     "ModelSpec",
@@ -447,13 +446,6 @@ _DOWNLOAD_ADVICE = {
 }
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    detail = " ".join(str(exc).split())
-    if len(detail) > limit:
-        detail = detail[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
 def _is_download_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or an exception it was raised from) looks like a failed network fetch."""
     seen: set[int] = set()
@@ -483,57 +475,25 @@ def _build_failure(ms: ModelSpec, exc: Exception) -> PrunekitError:
     if _is_download_error(exc):
         advice = _DOWNLOAD_ADVICE[ms.source].format(name=ms.name)
         return PrunekitError(
-            f"building model {label} tried to download weights ({_one_line(exc, 200)}): prunekit never downloads "
+            f"building model {label} tried to download weights ({one_line(exc, 200)}): prunekit never downloads "
             f"at run time; {advice}, and load local weights with baseline.checkpoint"
         )
     return PrunekitError(
-        f"building model {label} failed with {_one_line(exc)}: fix the options in the spec or the factory"
+        f"building model {label} failed with {one_line(exc)}: fix the options in the spec or the factory"
+    )
+
+
+def _download_hint(path_text: str, exc: Exception) -> PrunekitError | None:
+    if not _is_download_error(exc):
+        return None
+    return PrunekitError(
+        f"importing model file {path_text!r} tried to download ({one_line(exc, 200)}): prunekit never "
+        f"downloads at run time; {_DOWNLOAD_ADVICE['file']}, and load local weights with baseline.checkpoint"
     )
 
 
 def _load_file_factory(path_text: str, factory_name: str) -> Callable[..., nn.Module]:
-    path = Path(path_text).expanduser()
-    if not path.is_file():
-        where = f" (looked in {Path.cwd()})" if not path.is_absolute() else ""
-        raise PrunekitError(
-            f"model file {path_text!r} not found{where}: check the path in path/to/file.py:factory"
-        )
-    resolved = path.resolve()
-    mod_name = "prunekit_user_model_" + hashlib.sha1(str(resolved).encode()).hexdigest()[:12]
-    mod_spec = importlib.util.spec_from_file_location(mod_name, resolved)
-    if mod_spec is None or mod_spec.loader is None:
-        raise PrunekitError(f"cannot import model file {path_text!r}: give a Python (.py) file")
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.modules[mod_name] = module
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
-        sys.modules.pop(mod_name, None)
-        if isinstance(exc, PrunekitError):
-            raise
-        if _is_download_error(exc):
-            raise PrunekitError(
-                f"importing model file {path_text!r} tried to download ({_one_line(exc, 200)}): prunekit never "
-                f"downloads at run time; {_DOWNLOAD_ADVICE['file']}, and load local weights with "
-                "baseline.checkpoint"
-            ) from exc
-        detail = " ".join(str(exc).split())
-        raise PrunekitError(
-            f"importing model file {path_text!r} failed with {type(exc).__name__}: {detail}; fix the file"
-        ) from exc
-    factory = getattr(module, factory_name, None)
-    if factory is None or not callable(factory):
-        funcs = sorted(
-            n
-            for n, v in vars(module).items()
-            if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == mod_name
-        )
-        listed = ", ".join(funcs) if funcs else "none"
-        raise PrunekitError(
-            f"factory {factory_name!r} not found in model file {path_text!r}: "
-            f"define it or use one of its functions/classes ({listed})"
-        )
-    return factory
+    return load_file_callable(path_text, factory_name, on_import_error=_download_hint)
 
 
 def _import_optional(package: str) -> Any:

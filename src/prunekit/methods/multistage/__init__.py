@@ -65,6 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from prunekit import importance as _importance
 from prunekit.cost.latency import resolve_round_to
 from prunekit.cost.macs import CostModel
+from prunekit.data import NO_VAL_FIX
 from prunekit.errors import PrunekitError
 from prunekit.methods.base import ImportanceName, MethodContext, MethodResult, RoundTo, TagList, require_train
 from prunekit.methods.multistage.agp import AGPCallback, PruneFn
@@ -351,7 +352,7 @@ def _setup(ctx: MethodContext, cfg: MultistageConfig) -> _Setup:
     require_train(ctx, "multistage")
     if getattr(ctx.data, "val", None) is None:
         raise PrunekitError(
-            "multistage selects each stage's best checkpoint on the validation split: set data.val_fraction > 0"
+            f"multistage selects each stage's best checkpoint on the validation split: {NO_VAL_FIX}"
         )
     space = ctx.space
     ratios = cfg.ratios()
