@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from prunekit import importance
 from prunekit.cost.macs import CostModel, count_params, measure_effective, measure_macs
+from prunekit.errors import PrunekitError
 from prunekit.space import ChannelSpace, Plan, add_weight_choices, apply, mask, plan_from_ratio
 from prunekit.space.channels import _all_tensors
 
@@ -189,7 +190,7 @@ def run_checks(
         trainee = copy.deepcopy(
             pruned
         ).train()  # a train-mode forward moves BN statistics: keep `pruned` intact
-        trainee(x).float().sum().backward()
+        sum(t.float().sum() for t in _all_tensors(trainee(x)) if t.is_floating_point()).backward()
         bad = [n for n, p in trainee.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
         results.append(
             CheckResult(
@@ -200,12 +201,18 @@ def run_checks(
         results.append(CheckResult("forward/backward", False, f"{type(exc).__name__}: {str(exc)[:160]}"))
 
     try:
-        with torch.no_grad():
-            yp, ym = pruned(x), masked.eval()(x)
-        scale = max(1.0, ym.abs().max().item())
-        diff = (yp - ym).abs().max().item()
+        with torch.no_grad():  # leaf by leaf: a model may return a tuple or a dict of tensors
+            yp, ym = _all_tensors(pruned(x)), _all_tensors(masked.eval()(x))
+        if len(yp) != len(ym):
+            raise PrunekitError(f"the pruned model returns {len(yp)} tensors, the masked one {len(ym)}")
+        scale = max([1.0] + [m.abs().max().item() for m in ym if m.numel()])
+        diff = max([0.0] + [(p - m).abs().max().item() for p, m in zip(yp, ym, strict=True) if m.numel()])
         results.append(
-            CheckResult("pruned == masked", diff <= 1e-4 * scale, f"max|diff| {diff:.2e} (scale {scale:.2f})")
+            CheckResult(
+                "pruned == masked",
+                diff <= 1e-4 * scale,
+                f"max|diff| {diff:.2e} (scale {scale:.2f}, {len(ym)} output tensor(s))",
+            )
         )
     except Exception as exc:
         results.append(CheckResult("pruned == masked", False, f"{type(exc).__name__}: {str(exc)[:160]}"))

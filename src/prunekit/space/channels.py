@@ -41,6 +41,7 @@ import math
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -212,6 +213,7 @@ class ChannelSpace:
         self.groups: list[ChannelGroup] = []
         self.layers: dict[str, LayerShape] = {}
         self.input_shape: tuple[int, ...] = ()
+        self.example_inputs: Any = None
         self.output_layers: list[str] = []
         self.total_params: int = 0
         self.dropped: list[str] = []
@@ -222,10 +224,13 @@ class ChannelSpace:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def build(
-        cls, model: nn.Module, input_shape: tuple[int, ...] | torch.Tensor, *, quiet: bool = False
-    ) -> ChannelSpace:
+    def build(cls, model: nn.Module, input_shape: Any, *, quiet: bool = False) -> ChannelSpace:
         """Trace ``model`` once on an input of ``input_shape`` ``(N, C, H, W)`` and build its channel space.
+
+        ``input_shape`` may also be example inputs: a tensor, a tuple of tensors (positional arguments of
+        ``forward``) or a dict (keyword arguments); ``input_shape`` is then the first tensor's shape and
+        ``example_inputs`` keeps them (for the cost of a model with several inputs). The model may return a tensor,
+        a tuple or a dict; every output tensor's channels are protected.
 
         The model is traced in eval mode (BN statistics are not touched) and left in the mode it was in.
 
@@ -234,8 +239,12 @@ class ChannelSpace:
         """
         space = cls()
         space.quiet = quiet
-        example = input_shape if isinstance(input_shape, torch.Tensor) else torch.randn(*input_shape)
-        space.input_shape = tuple(example.shape)
+        example = _example(input_shape)
+        first = _all_tensors(example)
+        if not first:
+            raise PrunekitError("example inputs hold no tensor: give a tensor, a tuple or a dict of tensors")
+        space.input_shape = tuple(first[0].shape)
+        space.example_inputs = example if not isinstance(example, torch.Tensor) else None
         name_of = {m: n for n, m in model.named_modules()}
         was_training = model.training
         model.eval()
@@ -247,12 +256,16 @@ class ChannelSpace:
                 warnings.simplefilter("ignore")
                 # a tuple: torch-pruning calls model(*example_inputs), and a bare batch-1 tensor would be unpacked
                 # into an unbatched (C, H, W) input (convs accept it; in-place ops after them then hide the conv)
-                dg = _Graph().build_dependency(model, example_inputs=(example,), verbose=False)
+                dg = _Graph().build_dependency(
+                    model,
+                    example_inputs=example if isinstance(example, dict | tuple) else (example,),
+                    verbose=False,
+                )
         except PrunekitError:
             raise
         except Exception as exc:
             raise PrunekitError(
-                f"cannot trace the model on input {tuple(example.shape)}: {type(exc).__name__}: "
+                f"cannot trace the model on input {space.input_shape}: {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''} (check --input-size / --in-chans)"
             ) from None
         finally:
@@ -553,7 +566,29 @@ def _output_reach(dg: tp.DependencyGraph, name_of: dict) -> tuple[set[str], set[
     return producers, reaching
 
 
-def _record_shapes(model: nn.Module, example: torch.Tensor):
+def _example(x: Any) -> Any:
+    """Example inputs from a shape (random normal), a tensor, or a tuple / list / dict of tensors."""
+    if isinstance(x, torch.Tensor | dict):
+        return x
+    if isinstance(x, list | tuple) and x and all(isinstance(v, int) for v in x):
+        return torch.randn(*x)
+    if isinstance(x, list | tuple):
+        return tuple(x)
+    raise PrunekitError(
+        f"example inputs must be a shape, a tensor, a tuple or a dict of tensors, got {type(x).__name__}"
+    )
+
+
+def call_model(model: nn.Module, example: Any) -> Any:
+    """``model(example)``; a tuple is unpacked into positional arguments, a dict into keyword arguments."""
+    if isinstance(example, tuple):
+        return model(*example)
+    if isinstance(example, dict):
+        return model(**example)
+    return model(example)
+
+
+def _record_shapes(model: nn.Module, example: Any):
     """Run one forward with hooks; return per-leaf-module input/output facts and the ids of the model outputs."""
     records: dict[str, dict] = {}
     hooks = []
@@ -578,7 +613,7 @@ def _record_shapes(model: nn.Module, example: torch.Tensor):
             hooks.append(mod.register_forward_hook(make_hook(name)))
     try:
         with torch.no_grad():
-            out = model(example)
+            out = call_model(model, example)
     finally:
         for h in hooks:
             h.remove()

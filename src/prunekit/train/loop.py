@@ -591,6 +591,8 @@ def fit(
     scheduler: LRScheduler | None = None,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     find_unused_parameters: bool = False,
+    batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    eval_fn: Callable[[nn.Module, Iterable[Any]], float] | None = None,
 ) -> FitResult:
     """Train ``model`` in place with the recipe ``cfg`` and return per-epoch metrics.
 
@@ -619,6 +621,12 @@ def fit(
             scheduler, stepped after every optimizer step).
         loss_fn: ``loss_fn(outputs, targets) -> scalar`` replacing cross-entropy with ``cfg.label_smoothing``.
         find_unused_parameters: passed to DDP (needed when batches use only a sub-network).
+        batch_loss: ``batch_loss(model, batch) -> scalar``: the user's objective on a whole batch (moved to
+            ``device``; any structure: a tuple, a dict, several inputs) instead of ``criterion(model(x), y)``; the
+            epoch's ``train_top1`` is then None and the batch's size is that of its first tensor. Callbacks see the
+            batch as ``(batch, None)``. No compute-ledger charge (the forward MACs need a plain input).
+        eval_fn: ``eval_fn(model, val_loader) -> float``, higher is better: the validation score (``val_score``
+            in the history) that ``select='best'`` maximises instead of the classification ``val_top1``.
 
     Returns:
         :class:`FitResult` (history, best val top-1 and epoch, best weights, steps, wall seconds).
@@ -652,8 +660,10 @@ def fit(
     show = main and progress_enabled()
     try:
         while state.epoch < state.num_epochs and not state.stop_training:
-            metrics = _run_epoch(state, train_loader, criterion, callbacks, jlog, show, distributed)
-            _validate_epoch(state, val_loader, metrics, distributed)
+            metrics = _run_epoch(
+                state, train_loader, criterion, callbacks, jlog, show, distributed, batch_loss
+            )
+            _validate_epoch(state, val_loader, metrics, distributed, eval_fn)
             metrics = _end_epoch(state, callbacks, metrics, distributed)
             state.history.append(metrics)
             best_state = _track_best(state, metrics, best_state, keep=select == "best")
@@ -665,7 +675,8 @@ def fit(
         jlog.close()
     for cb in callbacks:
         cb.on_train_end(state)
-    _charge_compute(state, train_loader, ckpt_file)
+    if batch_loss is None:
+        _charge_compute(state, train_loader, ckpt_file)
     if select == "best" and best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(
@@ -835,13 +846,30 @@ def _begin_training(
 
 
 def _validate_epoch(
-    state: TrainState, val_loader: Iterable[Any] | None, metrics: dict[str, Any], distributed: bool
+    state: TrainState,
+    val_loader: Iterable[Any] | None,
+    metrics: dict[str, Any],
+    distributed: bool,
+    eval_fn: Callable[[nn.Module, Iterable[Any]], float] | None = None,
 ) -> None:
     """Evaluate on ``val_loader`` every ``cfg.eval_every`` epochs and after the last one, filling ``metrics``'
-    ``val_top1``, ``val_top5`` (fractions), ``val_loss`` (nats) and ``val_n`` (samples, all ranks) in place."""
+    ``val_top1``, ``val_top5`` (fractions), ``val_loss`` (nats) and ``val_n`` (samples, all ranks) in place; with
+    ``eval_fn`` its score (``val_score``) instead, the model in eval mode (restored after)."""
     if val_loader is None:
         return
     done = state.epoch + 1
+    if (done % state.cfg.eval_every == 0 or done == state.num_epochs) and eval_fn is not None:
+        was = state.model.training
+        state.model.eval()
+        try:
+            with torch.no_grad():
+                score = float(eval_fn(state.model, val_loader))
+        finally:
+            state.model.train(was)
+        if not math.isfinite(score):
+            raise PrunekitError(f"eval_fn returned {score} after epoch {done}: it must return a finite score")
+        metrics["val_score"] = score
+        return
     if done % state.cfg.eval_every == 0 or done == state.num_epochs:
         # distributed: evaluate's own rule (all-reduce a sharded loader; an unsharded one is whole on every rank)
         ev = evaluate(state.model, val_loader, state.device, distributed=None if distributed else False)
@@ -867,10 +895,11 @@ def _end_epoch(
 def _track_best(
     state: TrainState, metrics: Mapping[str, Any], best_state: dict[str, torch.Tensor] | None, *, keep: bool
 ) -> dict[str, torch.Tensor] | None:
-    """Update ``state.best_top1`` / ``best_epoch`` when this epoch's ``val_top1`` beats the best so far (strictly:
-    the earliest of equal epochs wins; epochs without ``val_top1`` never do). Returns the best weights: a CPU copy
-    of the model's when this epoch is the new best and ``keep`` (``select='best'``), else ``best_state``."""
-    val = metrics.get("val_top1")
+    """Update ``state.best_top1`` / ``best_epoch`` when this epoch's ``val_top1`` (or ``val_score``, the user's
+    ``eval_fn``) beats the best so far (strictly: the earliest of equal epochs wins; epochs without either never do).
+    Returns the best weights: a CPU copy of the model's when this epoch is the new best and ``keep``
+    (``select='best'``), else ``best_state``."""
+    val = metrics.get("val_score", metrics.get("val_top1"))
     if val is not None and (state.best_top1 is None or val > state.best_top1):
         state.best_top1, state.best_epoch = float(val), int(metrics["epoch"])
         if keep:
@@ -898,7 +927,11 @@ def _save_checkpoint(
 
 
 def _summary(m: Mapping[str, Any], num_epochs: int) -> str:
-    s = f"epoch {m['epoch']}/{num_epochs}: loss {m['train_loss']:.4f} top1 {100 * m['train_top1']:.2f}%"
+    s = f"epoch {m['epoch']}/{num_epochs}: loss {m['train_loss']:.4f}"
+    if m.get("train_top1") is not None:
+        s += f" top1 {100 * m['train_top1']:.2f}%"
+    if m.get("val_score") is not None:
+        s += f" | val score {m['val_score']:.4g}"
     if m.get("val_top1") is not None:
         s += f" | val top1 {100 * m['val_top1']:.2f}% top5 {100 * m['val_top5']:.2f}%"
     return s + f" | lr {m['lr']:.4g} | {m['img_s']:.0f} img/s | {m['wall_s']:.1f}s"
@@ -912,6 +945,7 @@ def _run_epoch(
     jlog: _JsonlLog,
     show: bool,
     distributed: bool,
+    batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train one (possibly partial) epoch; returns the train part of the epoch's metrics."""
     t0 = time.perf_counter()
@@ -943,7 +977,10 @@ def _run_epoch(
             if i >= n_batches:
                 break
             state.batch_idx = i
-            x, y = _to_device(_split_batch(batch), dev)
+            if batch_loss is None:
+                x, y = _to_device(_split_batch(batch), dev)
+            else:
+                x, y = _to_device(batch, dev), None
             for cb in callbacks:
                 new = cb.on_batch_begin(state, (x, y))
                 if new is not None:
@@ -951,11 +988,14 @@ def _run_epoch(
             if cfg.channels_last and torch.is_tensor(x) and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             state.inputs, state.targets = x, y
-            if state.sample is None:
+            if state.sample is None and batch_loss is None:
                 state.sample = x[:1].detach() if torch.is_tensor(x) else x
             with _autocast(cfg.amp, dev):
-                out = state.train_model(x)
-                loss = criterion(out, y)
+                if batch_loss is None:
+                    out = state.train_model(x)
+                    loss = criterion(out, y)
+                else:
+                    out, loss = None, _user_loss(batch_loss(state.train_model, x))
                 state.outputs, state.loss = out, loss
                 extra: torch.Tensor | None = None
                 for cb in callbacks:
@@ -985,7 +1025,11 @@ def _run_epoch(
 
             bs = _batch_size(x)
             with torch.no_grad():
-                c1, _ = _topk_correct(_logits(out).detach(), y)
+                c1 = (
+                    _topk_correct(_logits(out).detach(), y)[0]
+                    if out is not None
+                    else torch.zeros((), device=dev)
+                )
                 ld = loss.detach().double()
                 ed = extra.detach().double() if extra is not None else ld.new_zeros(())
                 acc += torch.stack([ld * bs, c1.double(), ld.new_tensor(float(bs)), ed * bs])
@@ -1039,7 +1083,7 @@ def _run_epoch(
         "step": state.step,
         "lr": lr_used,
         "train_loss": train_loss,
-        "train_top1": correct / n,
+        "train_top1": correct / n if batch_loss is None else None,
         "train_extra": extra_sum / n,
         "val_top1": None,
         "val_top5": None,
@@ -1050,6 +1094,14 @@ def _run_epoch(
         "train_n": int(n),
         "_t0": t0,
     }
+
+
+def _user_loss(loss: Any) -> torch.Tensor:
+    """A ``batch_loss`` result checked: a scalar tensor that carries gradients."""
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise PrunekitError(f"batch_loss must return a scalar tensor, got {shape}")
+    return loss.reshape(())
 
 
 def _autocast(amp: str, dev: torch.device):
