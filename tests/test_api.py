@@ -177,11 +177,26 @@ def test_a_dict_output_model_passes_check_leaf_by_leaf():
     assert all(r.ok for r in results), [(r.name, r.detail) for r in results if not r.ok]
     assert facts["channels_pruned"] > 0
     assert facts["pruned_output_shape"] == facts["output_shape"] == [[2, 4], [2, 2, 16, 16]]
+    train, val = _loaders()
+    seen = []
+
+    def pick(out):
+        seen.append(sorted(out))
+        return out["out"]
+
     pruned, plan = prunekit.prune(
-        DictNet().eval(), torch.randn(1, 3, 32, 32), "magnitude", {"params_ratio": 0.6}
+        DictNet().eval(),
+        torch.randn(1, 3, 32, 32),
+        "magnitude",
+        {"params_ratio": 0.6},
+        train_loader=train,
+        val_loader=val,
+        output_transform=pick,  # the tensor the default cross-entropy and top-1 use
+        finetune={"epochs": 1, "lr": 0.05},
     )
-    out = pruned(torch.randn(2, 3, 32, 32))
-    assert set(out) == {"out", "mask"} and out["mask"].shape == (2, 2, 16, 16)  # outputs never pruned
+    assert seen and seen[0] == ["mask", "out"]
+    out = pruned(torch.randn(2, 3, 16, 16))
+    assert set(out) == {"out", "mask"} and out["mask"].shape == (2, 2, 8, 8)  # outputs never pruned
 
 
 def test_a_model_with_two_inputs_prunes_and_restores_from_example_tuples(tmp_path):

@@ -68,6 +68,7 @@ def prune(
     test_loader: Iterable[Any] | None = None,
     loss_fn: LossFn | None = None,
     eval_fn: EvalFn | None = None,
+    output_transform: Callable[[Any], torch.Tensor] | None = None,
     finetune: Mapping[str, Any] | TrainConfig | None = None,
     spec: str | None = None,
     device: str = "cpu",
@@ -94,6 +95,9 @@ def prune(
         loss_fn: ``loss_fn(model, batch) -> scalar loss`` on a whole batch (default: cross-entropy on ``(x, y)``).
         eval_fn: ``eval_fn(model, loader) -> float`` (higher is better; the model in eval mode, no grad) replacing
             top-1 wherever a method compares models.
+        output_transform: for a model returning a tuple / dict: ``output_transform(outputs) -> logits (N, C)``, the
+            tensor the default cross-entropy and top-1 use (e.g. ``lambda out: out["out"]``); unused by a custom
+            ``loss_fn`` / ``eval_fn``.
         finetune: the recovery recipe after pruning (``TrainConfig`` fields: ``{"epochs": 3, "lr": 0.01}``) for the
             methods that do not train their result themselves; None = no recovery training.
         spec: the model's prunekit spec (``resnet20``, ``path/to/file.py:build``), when it has one: methods that
@@ -111,6 +115,9 @@ def prune(
             traced on ``example_inputs``, or any error of the method itself -- one line each.
     """
     cfg = parse_method_config({"name": method, **options})
+    if output_transform is not None:
+        loss_fn = loss_fn or _transformed_loss(output_transform)
+        eval_fn = eval_fn or _transformed_top1(output_transform)
     if (loss_fn is not None or eval_fn is not None) and method in _CLASSIFICATION_PROXIES:
         raise PrunekitError(
             f"{method} scores candidates with a classification proxy (cross-entropy / top-1 on (x, y) batches): "
@@ -163,6 +170,27 @@ def prune(
             masks = density_masks(pruned, plan, from_zeros=True)
             loop.fit(pruned, recipe, "finetune", callbacks=(MaskCallback(masks),) if masks else ())
     return pruned.cpu().eval(), plan
+
+
+def _transformed_loss(transform: Callable[[Any], torch.Tensor]) -> LossFn:
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        return nn.functional.cross_entropy(transform(model(x)), y)
+
+    return loss
+
+
+def _transformed_top1(transform: Callable[[Any], torch.Tensor]) -> EvalFn:
+    def top1(model: nn.Module, loader: Iterable[Any]) -> float:
+        device = next(model.parameters()).device
+        right = seen = 0
+        for batch in loader:
+            x, y = batch[0].to(device), batch[1].to(device)
+            right += int((transform(model(x)).argmax(1) == y).sum())
+            seen += len(y)
+        return right / max(seen, 1)
+
+    return top1
 
 
 def _budget(
