@@ -62,6 +62,7 @@ def _search_tree(base: dict, variant: str, ckpt: str, lut: str) -> dict:
     t["target"] = {"latency_ratio": 1.0}  # the search's front is the result; any member may be the run's own
     m = {**t["method"], **VARIANTS[variant]}
     m["member"] = {**m.get("member", {}), "regular": None, "admm": None, "ft": None}
+    m.pop("train", None)  # the preset's extra deployments: the members are trained below, per seed
     m["latency_lut"] = lut
     t["method"] = m
     return t

@@ -477,6 +477,9 @@ def _train_more(
     for b in budgets or []:
         limit = b * full_ms if ratio else b
         i = _budget_pick(rows, limit)
+        if i is None and ctx.smoke:  # a smoke search is too short to reach every budget: exercise the rest anyway
+            log.warning("jcw --smoke: no front member within train budget %g; training the fastest one", b)
+            i = min(range(len(rows)), key=lambda j: rows[j]["predicted_ms"])
         if i is None:
             lo = min(r["predicted_ms"] for r in rows)
             raise PrunekitError(
