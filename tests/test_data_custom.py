@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tests.test_pipeline import cli
 
-from prunekit.cli import main
 from prunekit.data import DataConfig, build_data
 from prunekit.errors import PrunekitError
 
@@ -140,12 +140,6 @@ def run_config(tmp_path: Path, data: dict, **over) -> Path:
     path = tmp_path / "custom.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
-
-
-def cli(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_custom_factory_runs_end_to_end(tmp_path, capsys, monkeypatch, caplog):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from prunekit.data.bundle import BundleFields
 from prunekit.data.cifar import cifar_class_names, load_cifar
 from prunekit.data.custom import CustomDataBundle, build_custom
 from prunekit.data.digits import digits_stats, load_digits28
@@ -252,7 +253,7 @@ _CUSTOM_FIXED = tuple(k for k in DataConfig.model_fields if k not in ("name", "f
 
 
 @dataclass
-class DataBundle:
+class DataBundle(BundleFields):
     """Loaders and metadata returned by :func:`build_data`.
 
     Attributes:
@@ -268,21 +269,6 @@ class DataBundle:
             (``train``, ``val``) or test split (``test``), in loader order - the provenance of every split.
     """
 
-    name: str
-    train: Loader
-    val: Loader | None
-    test: Loader
-    num_classes: int
-    in_chans: int
-    input_size: int
-    sizes: dict[str, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: list[str]
-    config: DataConfig
-    rank: int = 0
-    world_size: int = 1
-    split_indices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _splits: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def train_epoch(self, epoch: int) -> Loader:

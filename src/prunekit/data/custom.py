@@ -23,12 +23,13 @@ import itertools
 import logging
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from prunekit.data.bundle import BundleFields
 from prunekit.errors import PrunekitError
 from prunekit.userfile import load_file_callable, one_line, split_file_ref
 
@@ -74,7 +75,7 @@ class UserLoader:
 
 
 @dataclass
-class CustomDataBundle:
+class CustomDataBundle(BundleFields):
     """The :class:`~prunekit.data.DataBundle` of ``name: custom``: the same attributes, the user's loaders.
 
     It has no ``make_loader`` (prunekit cannot rebuild the user's loaders with other options): methods that need
@@ -83,22 +84,6 @@ class CustomDataBundle:
     epoch (``train``: over all ranks): a DataLoader's ``len(sampler)`` (or ``len(dataset)``), else batches x the
     first batch's size; capped by ``--smoke``.
     """
-
-    name: str
-    train: Any
-    val: Any | None
-    test: Any
-    num_classes: int
-    in_chans: int
-    input_size: int
-    sizes: dict[str, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: list[str]
-    config: DataConfig
-    rank: int = 0
-    world_size: int = 1
-    split_indices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def train_epoch(self, epoch: int) -> Any:
         """The train loader after its ``set_epoch(epoch)`` (where it has one)."""
