@@ -6,7 +6,7 @@ Usage:
 
 Tasks (Fashion-MNIST, the presets' data: 10% of the training split held out for validation):
 
-1. ResNet-20 at 25% of the reference MACs (20,000 training images);
+1. ResNet-20 at 25% of the reference MACs (10,000 training images);
 2. ResNet-20 at half the reference's ONNX Runtime latency (batch 1, one thread), predicted from a latency table
    built on this machine (``prunekit lut build``, into ``OUT/lut/``; JCW's search reads the same table) and
    measured at the end; entrants
@@ -22,10 +22,11 @@ the task's training images): pretraining, supernet / gate / PruningNet training,
 together, an epoch of a net with half the MACs counting half. The split is planned per entrant (``arena_entrants``)
 and what each phase really spent is measured by prunekit's compute ledger (:mod:`prunekit.train.compute`, training
 = 3x forward MACs) and reported beside it. The pretraining is shared by the entrants that prune a trained model
-(one per task and seed; charged to each). 16 reference epochs on 20,000 images are ~320,000 image passes of the
-reference model. Not yet right-sized: the first real pretraining (8 epochs, task 1, seed 0) ran at 132 img/s on one
-thread beside another job (20 min), so a whole cell would take ~40 min there, not the issue's ~10; budget and data
-size are to be re-timed on a quiet machine before the three-seed runs.
+(one per task and seed; charged to each). **Sizing** (measured, one torch thread, the other core busy): a pruned
+net does not run as much faster as its MACs fall (ResNet-20 at 25% of the MACs trains at ~660 img/s, the reference
+at ~340), so a cell's wall time is not its budget: ``uniform`` of task 1 on 20,000 images (64 epochs of the small
+net) took 44.5 min, 4x the issue's ~10. Tasks 1 and 2 therefore use 10,000 training images: 16 reference epochs are
+~160,000 reference image passes, ~7 min for the reference entrant and ~15-20 min for ``uniform`` on one busy thread.
 
 Each entrant x task x seed is its own resumable run directory (``OUT/task<N>/<entrant>/seed<S>``, finished when its
 ``cell.json`` is there); ``--jobs 2`` runs two at a time (one torch thread each); ``--report`` rebuilds
@@ -58,13 +59,13 @@ TASKS = {
     1: {
         "title": "ResNet-20, 25% of the MACs",
         "model": "resnet20",
-        "subset_train": 20000,
+        "subset_train": 10000,
         "target": {"macs_ratio": 0.25},
     },
     2: {
         "title": "ResNet-20, half the ONNX Runtime latency (batch 1, one thread)",
         "model": "resnet20",
-        "subset_train": 20000,
+        "subset_train": 10000,
         "target": {"latency_ratio": 0.5},
     },
     3: {
