@@ -272,3 +272,37 @@ def test_plan_method_picks_the_best_front_member_within_a_latency(tmp_path):
         pick_member(tmp_path, FrontPick(latency_ms=1.0))
     with pytest.raises(ValueError):
         FrontPick()
+
+
+def test_jcw_on_the_users_own_loaders_through_prunekit_prune(tmp_path, monkeypatch, r20_lut):
+    """Loaders prunekit cannot re-split are their own proxy task: the search and the member run on them."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import prunekit
+
+    monkeypatch.setenv("PRUNEKIT_NO_PROGRESS", "1")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(160, 1, 28, 28, generator=g), torch.randint(0, 10, (160,), generator=g)
+    train = DataLoader(TensorDataset(x[:128], y[:128]), batch_size=32, shuffle=True)
+    val = DataLoader(TensorDataset(x[128:], y[128:]), batch_size=32)
+    tiny = {"epochs": 0.5, "lr": 0.05}
+    torch.manual_seed(0)
+    pruned, plan = prunekit.prune(
+        create_model("resnet20:in_chans=1").eval(),
+        torch.randn(1, 1, 28, 28),
+        "jcw",
+        {"latency_ratio": 0.95},
+        train_loader=train,
+        val_loader=val,
+        spec="resnet20:in_chans=1",
+        latency_lut=str(r20_lut),
+        supernet={"cns": tiny, "wp": tiny, "finetune_epochs": 0.2},
+        bn_batches=2,
+        search={"population": 4, "generations": 1},
+        member={"regular": tiny, "admm": None, "ft": None},
+        measure_front=False,
+        out_dir=tmp_path,
+    )
+    assert (tmp_path / "front" / "front.json").is_file()
+    assert plan.meta["method"] == "jcw" and plan.groups
+    assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)

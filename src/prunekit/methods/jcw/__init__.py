@@ -206,12 +206,19 @@ def _latency_model(ctx: MethodContext, cfg: JCWConfig) -> LatencyModel:
 
 
 def proxy_task(ctx: MethodContext, cfg: JCWConfig) -> Proxy:
-    """The proxy loaders of ``cfg.proxy`` over ``ctx.data``'s training split, and the fixed BN batches."""
+    """The proxy loaders of ``cfg.proxy`` over ``ctx.data``'s training split, and the fixed BN batches. Data that
+    prunekit cannot re-split (the user's own loaders: ``data: custom``, :func:`prunekit.prune`) is its own proxy:
+    the train loader trains the supernet, the val loader scores the candidates, the first ``bn_batches`` training
+    batches recalibrate BN (``cfg.proxy`` is then unused)."""
     from prunekit.data.splits import proxy_split
 
     data, p = ctx.data, cfg.proxy
     if not hasattr(data, "make_loader"):
-        raise PrunekitError("jcw needs the run's dataset (a proxy split of its training data)")
+        if getattr(data, "train", None) is None or getattr(data, "val", None) is None:
+            raise PrunekitError("jcw trains a supernet and scores candidates: it needs train and val loaders")
+        log.info("jcw: the user's train / val loaders are the proxy task (method.proxy unused)")
+        bn = [b for b, _ in zip(data.train, range(cfg.bn_batches), strict=False)]
+        return Proxy(data.train, data.val, bn)
     seed = ctx.seed if p.seed is None else p.seed
     tr, va = proxy_split(
         data.split_labels("train"),
@@ -477,7 +484,9 @@ def _train_more(
     for b in budgets or []:
         limit = b * full_ms if ratio else b
         i = _budget_pick(rows, limit)
-        if i is None and ctx.smoke:  # a smoke search is too short to reach every budget: exercise the rest anyway
+        if (
+            i is None and ctx.smoke
+        ):  # a smoke search is too short to reach every budget: exercise the rest anyway
             log.warning("jcw --smoke: no front member within train budget %g; training the fastest one", b)
             i = min(range(len(rows)), key=lambda j: rows[j]["predicted_ms"])
         if i is None:
