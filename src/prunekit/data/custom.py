@@ -78,8 +78,8 @@ class UserLoader:
 class CustomDataBundle(BundleFields):
     """The :class:`~prunekit.data.DataBundle` of ``name: custom``: the same attributes, the user's loaders.
 
-    It has no ``make_loader`` (prunekit cannot rebuild the user's loaders with other options): methods that need
-    it (jcw's proxy split) refuse custom data; metapruning recalibrates on ``train``. ``mean`` / ``std`` are
+    It has no ``make_loader`` (prunekit cannot rebuild the user's loaders with other options): jcw then uses the
+    train / val loaders as its proxy task instead of a proxy split; metapruning recalibrates on ``train``. ``mean`` / ``std`` are
     0 / 1 (prunekit normalises nothing), ``split_indices`` is empty (no provenance), ``sizes`` are samples per
     epoch (``train``: over all ranks): a DataLoader's ``len(sampler)`` (or ``len(dataset)``), else batches x the
     first batch's size; capped by ``--smoke``.
