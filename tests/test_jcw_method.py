@@ -286,6 +286,14 @@ def test_jcw_on_the_users_own_loaders_through_prunekit_prune(tmp_path, monkeypat
     train = DataLoader(TensorDataset(x[:128], y[:128]), batch_size=32, shuffle=True)
     val = DataLoader(TensorDataset(x[128:], y[128:]), batch_size=32)
     tiny = {"epochs": 0.5, "lr": 0.05}
+    losses = []
+
+    def loss_fn(
+        model, batch
+    ):  # the user's objective: the supernet trains on it, the candidates are scored by it
+        losses.append(1)
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1], label_smoothing=0.1)
+
     torch.manual_seed(0)
     pruned, plan = prunekit.prune(
         create_model("resnet20:in_chans=1").eval(),
@@ -302,7 +310,10 @@ def test_jcw_on_the_users_own_loaders_through_prunekit_prune(tmp_path, monkeypat
         member={"regular": tiny, "admm": None, "ft": None},
         measure_front=False,
         out_dir=tmp_path,
+        loss_fn=loss_fn,
     )
+    # supernet steps (2 x 2 x 0.5 epochs of 4 batches) + 8 candidates x 1 val batch + the member's steps
+    assert len(losses) >= 8 + 8
     assert (tmp_path / "front" / "front.json").is_file()
     assert plan.meta["method"] == "jcw" and plan.groups
     assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)

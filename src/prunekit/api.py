@@ -16,10 +16,10 @@ to ``out_dir``, a temporary directory by default). Methods that need no training
 ``gconv`` without finetuning) need only the model and the example input; the others train on ``train_loader``
 (validation on ``val_loader``) with the recipes given as options. ``loss_fn(model, batch) -> loss`` replaces
 cross-entropy on ``(x, y)`` batches and ``eval_fn(model, loader) -> score`` (higher is better) replaces top-1, so a
-segmentation, detection or regression model prunes with its own objective -- wherever a method trains through the
-run's training loop (every method's REGULAR / finetune / recovery training and its best-epoch selection). The
-weight-sharing proxies of ``jcw`` (supernet, proxy loss) and ``metapruning`` (candidate top-1) are classification
-objectives: those two refuse a custom ``loss_fn`` / ``eval_fn``.
+segmentation, detection or regression model prunes with its own objective: in every training (REGULAR, finetune,
+recovery, JCW's supernet, MetaPruning's PruningNet), every best-epoch choice, JCW's proxy loss, MetaPruning's
+fitness and GConv's Taylor criterion. BN recalibration (JCW, MetaPruning) feeds the first element of a batch to the
+model.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ __all__ = ["SAVE_FORMAT", "prune", "restore", "save"]
 SAVE_FORMAT = "prunekit.pruned/1"
 """``metadata["format"]`` of a :func:`save` file."""
 
-_CLASSIFICATION_PROXIES = ("jcw", "metapruning")
 _TRAINING_METHODS = ("multistage", "scratch", "metapruning", "jcw", "plan")
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -111,18 +110,12 @@ def prune(
 
     Raises:
         PrunekitError: an unknown method or option, a target the method cannot take, a method that trains called
-            without ``train_loader``, a custom objective with ``jcw`` / ``metapruning``, a model that cannot be
-            traced on ``example_inputs``, or any error of the method itself -- one line each.
+            without ``train_loader``, a model that cannot be traced on ``example_inputs``, or any error of the method itself -- one line each.
     """
     cfg = parse_method_config({"name": method, **options})
     if output_transform is not None:
         loss_fn = loss_fn or _transformed_loss(output_transform)
         eval_fn = eval_fn or _transformed_top1(output_transform)
-    if (loss_fn is not None or eval_fn is not None) and method in _CLASSIFICATION_PROXIES:
-        raise PrunekitError(
-            f"{method} scores candidates with a classification proxy (cross-entropy / top-1 on (x, y) batches): "
-            "loss_fn / eval_fn are not used there; use uniform, magnitude, multistage, scratch or gconv"
-        )
     if cfg.name in _TRAINING_METHODS and (train_loader is None or val_loader is None):
         raise PrunekitError(
             f"method {cfg.name} trains and selects on validation data: pass train_loader= and val_loader= to "
@@ -160,6 +153,8 @@ def prune(
             train=loop.train,
             baseline_train=recipe,
             seed=seed,
+            loss_fn=loss_fn,
+            eval_fn=eval_fn,
         )
         result = get_method(cfg.name).run(ctx, cfg)
         pruned, plan = result.model, result.plan

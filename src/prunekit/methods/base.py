@@ -45,6 +45,10 @@ class MethodContext:
         baseline_train: the run's baseline recipe (``baseline.train``), e.g. the reference for Scratch-B budgets.
         evaluate: ``evaluate(model, split) -> {"top1", "top5", "loss", "n"}`` with ``split`` in ``val`` / ``test``.
         seed: the run's seed. smoke: True in ``--smoke`` runs (methods may shrink their own budgets).
+        loss_fn, eval_fn: the user's objective (:func:`prunekit.prune`): ``loss_fn(model, batch) -> loss`` and
+            ``eval_fn(model, loader) -> score`` (higher is better), or None for cross-entropy / top-1 on ``(x, y)``.
+            ``train`` / ``finetune`` / ``evaluate`` already use them; a method with a proxy of its own (JCW's
+            supernet and proxy loss, MetaPruning's fitness, GConv's Taylor criterion) reads them here.
     """
 
     model: nn.Module
@@ -62,6 +66,8 @@ class MethodContext:
     seed: int = 0
     smoke: bool = False
     budget: Budget | None = None
+    loss_fn: Callable[..., Any] | None = None
+    eval_fn: Callable[..., Any] | None = None
 
 
 @dataclass

@@ -60,6 +60,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -321,7 +322,7 @@ class PruningNetFitness:
         pnet: the trained PruningNet. enc: the gene -> widths map.
         recal_loader: training batches for :func:`~prunekit.train.bn.recalibrate_bn` (use a deterministic one).
         val_loader: held-out batches (``(x, y)``). recal_batches / eval_batches: how many of each (None = all val).
-        device: where to run.
+        device: where to run. eval_fn: ``eval_fn(net, val_loader) -> score`` replacing top-1 (higher is better).
 
     ``fitness(genes [G]) -> float``; ``fitness.calls`` counts evaluations.
     """
@@ -336,8 +337,9 @@ class PruningNetFitness:
         recal_batches: int,
         eval_batches: int | None,
         device: str,
+        eval_fn: Callable[[nn.Module, Any], float] | None = None,
     ) -> None:
-        self.pnet, self.enc = pnet, enc
+        self.pnet, self.enc, self.eval_fn = pnet, enc, eval_fn
         self.recal_loader, self.val_loader = recal_loader, val_loader
         self.recal_batches, self.eval_batches, self.device = recal_batches, eval_batches, device
         self.calls = 0
@@ -351,6 +353,9 @@ class PruningNetFitness:
     def __call__(self, genes: np.ndarray) -> float:
         self.calls += 1
         net = self.prepare(genes)
+        if self.eval_fn is not None:  # the user's score (prunekit.prune's eval_fn), on the whole val loader
+            with torch.no_grad():
+                return float(self.eval_fn(net, self.val_loader))
         return float(evaluate(net, self.val_loader, self.device, max_batches=self.eval_batches)["top1"])
 
 
@@ -727,6 +732,7 @@ def run(ctx: MethodContext, cfg: MetaPruningConfig) -> MethodResult:
         recal_batches=cfg.recal_batches,
         eval_batches=cfg.eval_batches,
         device=ctx.device,
+        eval_fn=ctx.eval_fn,
     )
     ga, res = _search(ctx, cfg, enc, fitness, (lo, hi))
     ranked = ga.top(cfg.top_k)

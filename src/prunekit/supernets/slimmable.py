@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from prunekit.errors import PrunekitError
 from prunekit.space import ChannelSpace, Plan, apply
 from prunekit.space.realise import build_masks
 from prunekit.train.bn import recalibrate_bn
@@ -113,6 +114,24 @@ class SupernetCallback(Callback):
         self.steps = int(state["steps"])
 
 
+def _mean_loss(
+    model: nn.Module, loader: Iterable[Any], loss_fn: Callable, device: str | torch.device
+) -> float:
+    """Mean of the user's ``loss_fn(model, batch)`` over ``loader`` (eval mode, no grad; batches moved to
+    ``device``)."""
+    from prunekit.train.loop import _to_device
+
+    model.to(device).eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            total += float(loss_fn(model, _to_device(batch, torch.device(device))))
+            n += 1
+    if n == 0:
+        raise PrunekitError("the proxy validation loader is empty")
+    return total / n
+
+
 def proxy_losses(
     model: nn.Module,
     space: ChannelSpace,
@@ -122,13 +141,15 @@ def proxy_losses(
     *,
     device: str | torch.device = "cpu",
     on_done: Callable[[], None] | None = None,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Each candidate's proxy objective: validation cross-entropy (nats) of its sub-network after BN recalibration.
 
     Per plan: the sub-network is realised (:func:`~prunekit.space.apply`: first-k channels as the plan's keep lists
     say, density blocks by L1 of the supernet's current weights), its BN statistics are recomputed as the cumulative
     average over ``bn_batches`` (a fixed list of training batches, so every candidate sees the same ones; the seed
-    uses 10), and it is evaluated on ``val_loader``. ``model`` is not modified.
+    uses 10), and it is evaluated on ``val_loader`` (``loss_fn(model, batch)``, the user's objective, averaged over
+    the batches when given). ``model`` is not modified.
 
     Returns:
         float64 ``[len(plans)]``: the mean validation loss of each.
@@ -137,7 +158,11 @@ def proxy_losses(
     for plan in plans:
         sub = apply(model, plan, space)
         recalibrate_bn(sub, bn_batches, batches=len(bn_batches), device=device, momentum=None)
-        out.append(evaluate(sub, val_loader, device)["loss"])
+        out.append(
+            evaluate(sub, val_loader, device)["loss"]
+            if loss_fn is None
+            else _mean_loss(sub, val_loader, loss_fn, device)
+        )
         if on_done is not None:
             on_done()
     return np.asarray(out, dtype=np.float64)

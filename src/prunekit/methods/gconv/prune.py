@@ -190,10 +190,14 @@ def _taylor_grads(
     params = {n: model.get_submodule(n).weight for n in names}
     for p in params.values():
         p.grad = None
-    loss_fn = nn.CrossEntropyLoss()
+    ce = nn.CrossEntropyLoss()
     seen = 0
-    for x, y in ctx.data.train:
-        loss = loss_fn(model(x.to(ctx.device)), y.to(ctx.device))
+    for batch in ctx.data.train:
+        if ctx.loss_fn is not None:  # the user's objective (prunekit.prune)
+            loss = ctx.loss_fn(model, batch)
+        else:
+            x, y = batch
+            loss = ce(model(x.to(ctx.device)), y.to(ctx.device))
         loss.backward()
         seen += 1
         if seen >= batches:

@@ -218,7 +218,7 @@ def proxy_task(ctx: MethodContext, cfg: JCWConfig) -> Proxy:
             raise PrunekitError("jcw trains a supernet and scores candidates: it needs train and val loaders")
         log.info("jcw: the user's train / val loaders are the proxy task (method.proxy unused)")
         bn = [b for b, _ in zip(data.train, range(cfg.bn_batches), strict=False)]
-        return Proxy(data.train, data.val, bn)
+        return Proxy(data.train, data.val, bn, loss_fn=ctx.loss_fn)
     seed = ctx.seed if p.seed is None else p.seed
     tr, va = proxy_split(
         data.split_labels("train"),

@@ -65,6 +65,7 @@ class Proxy:
     train: Any
     val: Any
     bn_batches: list[Any]
+    loss_fn: Any = None  # the user's loss_fn(model, batch) (prunekit.prune), else cross-entropy on (x, y)
 
 
 @dataclass
@@ -115,6 +116,7 @@ def train_supernet(
         resume=ckpt is not None and ckpt.is_file(),
         desc=desc,
         select="last",
+        batch_loss=proxy.loss_fn,
     )
 
 
@@ -290,7 +292,7 @@ def run_search_phase(
             loss = np.asarray(
                 map_sharded(
                     lambda ps: proxy_losses(
-                        model, space, ps, proxy.bn_batches, proxy.val, device=device
+                        model, space, ps, proxy.bn_batches, proxy.val, device=device, loss_fn=proxy.loss_fn
                     ).tolist(),
                     plans,
                 ),
