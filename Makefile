@@ -32,8 +32,8 @@ demo: $(STAMP) dataset
 	$(VENV)/bin/prunekit run configs/quickstart.yaml
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 
 test: $(STAMP) lint
 	OMP_NUM_THREADS=1 PRUNEKIT_NO_PROGRESS=1 $(PY) -m pytest -q -n $(JOBS) --durations=15

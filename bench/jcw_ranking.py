@@ -113,7 +113,9 @@ def main() -> None:
         "--train", default='{"epochs": 3, "lr": 0.1}', help="REGULAR recipe of the from-scratch runs"
     )
     ap.add_argument(
-        "--ft", default='{"epochs": 1, "lr": 0.01}', help="masked finetune after REGULAR (the densities applied)"
+        "--ft",
+        default='{"epochs": 1, "lr": 0.01}',
+        help="masked finetune after REGULAR (the densities applied)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)

@@ -76,7 +76,9 @@ def header(rep: dict) -> list[str]:
             f"  budget {c.get('metric')}: {c.get('achieved_ratio', float('nan')):.4f} of the baseline "
             f"(limit {c.get('ratio_of_baseline', float('nan')):.4f}, {'met' if c.get('met') else 'NOT met'})"
         )
-    for m in (rep.get("extra") or {}).get("members") or []:  # JCW's method.train: more members of the same front
+    for m in (rep.get("extra") or {}).get(
+        "members"
+    ) or []:  # JCW's method.train: more members of the same front
         lines.append(
             f"  member {m.get('member')} ({m.get('budgets')}{', deployed' if m.get('deployed') else ''}): "
             f"top-1 {m.get('test_top1', float('nan')):.4f}, MACs {_si(m.get('macs') or 0)}, "
