@@ -34,15 +34,17 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from pydantic import ValidationError
 
 from prunekit.cost.budget import Budget, MeasuredLatency, TargetConfig
 from prunekit.cost.macs import CostModel
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, validation_message
 from prunekit.io import load_weights, save_safetensors
 from prunekit.methods import get_method, parse_method_config
 from prunekit.methods.base import MethodContext
 from prunekit.space import ChannelSpace, Plan, apply, density_masks
 from prunekit.train import TrainConfig, evaluate, fit
+from prunekit.train.loop import user_score
 from prunekit.train.masking import MaskCallback
 
 __all__ = ["SAVE_FORMAT", "prune", "restore", "save"]
@@ -195,8 +197,8 @@ def _budget(
         return None
     try:
         tc = TargetConfig.model_validate(dict(target))
-    except Exception as exc:  # pydantic's ValidationError: one line
-        raise PrunekitError(f"invalid target {dict(target)}: {_first_error(exc)}") from None
+    except ValidationError as exc:
+        raise PrunekitError(validation_message(exc, what="target", reference=None)) from None
 
     def latency():
         if space.example_inputs is not None:
@@ -216,16 +218,8 @@ def _recipe(finetune: Mapping[str, Any] | TrainConfig | None) -> TrainConfig | N
         return finetune
     try:
         return TrainConfig.model_validate(dict(finetune))
-    except Exception as exc:
-        raise PrunekitError(f"invalid finetune recipe {dict(finetune)}: {_first_error(exc)}") from None
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        e = errors()[0]
-        return f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
-    return str(exc).splitlines()[0]
+    except ValidationError as exc:
+        raise PrunekitError(validation_message(exc, what="finetune recipe", reference=None)) from None
 
 
 class _Loop:
@@ -277,13 +271,7 @@ class _Loop:
             raise PrunekitError(f"this method evaluates on {split}: pass val_loader= to prunekit.prune")
         if self.eval_fn is None:
             return evaluate(model, loader, self.device)
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                score = float(self.eval_fn(model, loader))
-        finally:
-            model.train(was)
+        score = user_score(model, loader, self.eval_fn)
         # ``top1`` is what methods compare (higher is better): here, the user's score
         return {"top1": score, "score": score, "top5": None, "loss": None, "n": None}
 

@@ -92,6 +92,7 @@ from prunekit.space.channels import TAGS
 from prunekit.supernets.pruningnet import PruningNet
 from prunekit.train import Callback, TrainConfig, TrainState, evaluate, smoke_recipe
 from prunekit.train.bn import recalibrate_bn
+from prunekit.train.loop import user_score
 
 __all__ = [
     "Config",
@@ -354,8 +355,7 @@ class PruningNetFitness:
         self.calls += 1
         net = self.prepare(genes)
         if self.eval_fn is not None:  # the user's score (prunekit.prune's eval_fn), on the whole val loader
-            with torch.no_grad():
-                return float(self.eval_fn(net, self.val_loader))
+            return user_score(net, self.val_loader, self.eval_fn)
         return float(evaluate(net, self.val_loader, self.device, max_batches=self.eval_batches)["top1"])
 
 

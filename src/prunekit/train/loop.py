@@ -859,16 +859,7 @@ def _validate_epoch(
         return
     done = state.epoch + 1
     if (done % state.cfg.eval_every == 0 or done == state.num_epochs) and eval_fn is not None:
-        was = state.model.training
-        state.model.eval()
-        try:
-            with torch.no_grad():
-                score = float(eval_fn(state.model, val_loader))
-        finally:
-            state.model.train(was)
-        if not math.isfinite(score):
-            raise PrunekitError(f"eval_fn returned {score} after epoch {done}: it must return a finite score")
-        metrics["val_score"] = score
+        metrics["val_score"] = user_score(state.model, val_loader, eval_fn, when=f"after epoch {done}")
         return
     if done % state.cfg.eval_every == 0 or done == state.num_epochs:
         # distributed: evaluate's own rule (all-reduce a sharded loader; an unsharded one is whole on every rank)
@@ -1094,6 +1085,32 @@ def _run_epoch(
         "train_n": int(n),
         "_t0": t0,
     }
+
+
+def user_score(
+    model: nn.Module,
+    loader: Iterable[Any],
+    eval_fn: Callable[[nn.Module, Iterable[Any]], float],
+    when: str = "",
+) -> float:
+    """``eval_fn(model, loader)`` (the user's score, higher is better) with ``model`` in eval mode and no grad (its
+    mode restored after).
+
+    Raises:
+        PrunekitError: the score is not finite.
+    """
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            score = float(eval_fn(model, loader))
+    finally:
+        model.train(was)
+    if not math.isfinite(score):
+        raise PrunekitError(
+            f"eval_fn returned {score}{' ' + when if when else ''}: it must return a finite score"
+        )
+    return score
 
 
 def _user_loss(loss: Any) -> torch.Tensor:

@@ -133,6 +133,17 @@ class MemberBudgets(BaseModel):
             )
         return self
 
+    @property
+    def ratio(self) -> bool:
+        """Whether the budgets are ratios of the unpruned model's predicted latency (else ms)."""
+        return self.latency_ratio is not None
+
+    def limits_ms(self, full_ms: float) -> list[tuple[float, float]]:
+        """``(budget as given, its limit in predicted ms)`` per budget (``full_ms``: the unpruned prediction)."""
+        if self.ratio:
+            return [(b, b * full_ms) for b in self.latency_ratio or []]
+        return [(b, b) for b in self.latency_ms or []]
+
 
 class JCWConfig(BaseModel):
     """Options of the ``jcw`` method (see the module docstring)."""
@@ -442,9 +453,9 @@ def _check_train_budgets(cfg: JCWConfig, lat_lo: float, full_ms: float) -> None:
     """Refuse, before any search, a ``method.train`` budget below the smallest model of the search space."""
     if cfg.train is None:
         return
-    ratio = cfg.train.latency_ratio is not None
-    for b in (cfg.train.latency_ratio if ratio else cfg.train.latency_ms) or []:
-        if (b * full_ms if ratio else b) < lat_lo:
+    ratio = cfg.train.ratio
+    for b, limit in cfg.train.limits_ms(full_ms):
+        if limit < lat_lo:
             have = f"{lat_lo / full_ms:.0%} of the unpruned latency" if ratio else f"{lat_lo:.3f} ms"
             raise PrunekitError(
                 f"jcw train: budget {b:g} is below the smallest model of the search space (predicted {have}): "
@@ -481,11 +492,9 @@ def _train_more(
     from prunekit.io import save_safetensors, write_json
     from prunekit.train import is_main
 
-    ratio = cfg.train.latency_ratio is not None
-    budgets = cfg.train.latency_ratio if ratio else cfg.train.latency_ms
+    ratio = cfg.train.ratio
     picks: dict[int, list[str]] = {}
-    for b in budgets or []:
-        limit = b * full_ms if ratio else b
+    for b, limit in cfg.train.limits_ms(full_ms):
         i = _budget_pick(rows, limit)
         if (
             i is None and ctx.smoke
