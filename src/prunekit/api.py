@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from prunekit.cost.budget import Budget, MeasuredLatency, TargetConfig
 from prunekit.cost.macs import CostModel
 from prunekit.errors import PrunekitError, validation_message
-from prunekit.io import load_weights, save_safetensors
+from prunekit.io import load_safetensors, load_weights, save_safetensors
 from prunekit.methods import get_method, parse_method_config
 from prunekit.methods.base import MethodContext
 from prunekit.space import ChannelSpace, Plan, apply, density_masks
@@ -312,17 +312,10 @@ def restore(
         PrunekitError: a missing or corrupt file, a file that is not a :func:`save` file, or weights that do not
             fit the architecture the plan gives on ``model``.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise PrunekitError(f"pruned model file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except Exception as exc:
-        raise PrunekitError(f"cannot read {path}: {str(exc)[:160]} (corrupt safetensors file?)") from None
+    state, meta = load_safetensors(path)
     if meta.get("format") != SAVE_FORMAT or "plan" not in meta:
         raise PrunekitError(f"{path} is not a prunekit.save file (no {SAVE_FORMAT} plan in its metadata)")
     plan = Plan.model_validate(json.loads(meta["plan"]))

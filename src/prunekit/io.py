@@ -98,6 +98,26 @@ def save_safetensors(
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the string metadata of a ``.safetensors`` file (no pickles).
+
+    Raises:
+        PrunekitError: the file is missing or corrupt.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrunekitError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as exc:
+        raise PrunekitError(f"cannot read {path}: {str(exc)[:160]} (corrupt safetensors file?)") from None
+    return state, meta
+
+
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Load weights from a prunekit ``baseline.pt``, a plain state_dict checkpoint or a ``.safetensors`` file.
 
@@ -106,14 +126,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise PrunekitError(f"weights file not found: {path}")
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise PrunekitError(f"cannot read {path}: {str(exc)[:160]} (corrupt safetensors file?)") from None
+        return load_safetensors(path)[0]
     state = load_checkpoint(path)
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
