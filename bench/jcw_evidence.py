@@ -65,7 +65,6 @@ def _search_tree(base: dict, variant: str, ckpt: str, lut: str) -> dict:
     t["target"] = {"macs_ratio": 1.0} if variant == "weights" else {"latency_ratio": 1.0}
     m = {**t["method"], **VARIANTS[variant]}
     m["member"] = {**m.get("member", {}), "regular": None, "admm": None, "ft": None}
-    m.pop("train", None)  # the preset's extra deployments: the members are trained below, per seed
     m["latency_lut"] = lut
     t["method"] = m
     return t
@@ -170,6 +169,9 @@ def main() -> None:
     out = Path(args.out or default_out) / args.runtime
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     base = config_tree(load_config(args.config, overrides=args.set))
+    # the preset's extra deployments (method.train) are this script's members, trained per seed below; without
+    # them the baseline's and the searches' configs are the ones the committed runs were made with
+    base["method"].pop("train", None)
     print(f"[baseline] -> {out / 'baseline'}", flush=True)
     train_only(
         parse_config(seeded(base, 0)),
