@@ -44,6 +44,7 @@ from typing import Any
 
 from _study import compare, config_tree, load_avg, mean_std, run_cached, seeded
 from prunekit.config import load_config, parse_config
+from prunekit.cost.runtimes import machine_signature
 from prunekit.io import write_json, write_text
 from prunekit.models import parse_spec
 from prunekit.pipeline import train_only
@@ -119,6 +120,18 @@ def _lut(base: dict, out: Path, runtime: str, python: str | None, smoke: bool) -
     cmd += ["--groups", "1", "--points", "2" if smoke else "5", "--out", str(path)]
     cmd += ["--rounds", "1"] if smoke else []
     cmd += ["--deepsparse-python", python] if python and runtime == "deepsparse" else []
+    if path.exists() and runtime == "ort":
+        table = json.loads(path.read_text())
+        here = machine_signature(runtime, 1)
+        if table.get("machine") != here:
+            # the searches ran on this table; a later session on another CPU trains the members and measures
+            # their latency ratios on its own CPU (each row records which): keep the table, do not rebuild it
+            print(
+                f"  latency table {path} was measured on {table['machine']['cpu']}, this is {here['cpu']}: "
+                "kept (the searches used it); measured ratios come from this CPU",
+                flush=True,
+            )
+            return str(path)
     print(f"  latency table: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, check=True)
     return str(path)
@@ -258,6 +271,8 @@ def main() -> None:
                         "latency_ms_batch": p.get("latency_ms_batch"),
                         "wall_s": wall,
                         "load_avg": load_avg() if ran else None,
+                        "cpu": (rep.get("machine") or {}).get("cpu")
+                        or (machine_signature("ort", 1)["cpu"] if ran else None),
                     }
                 )
     summary = _summarize(args, hv, ref, fronts, searches, members)

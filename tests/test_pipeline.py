@@ -87,6 +87,11 @@ def test_run_end_to_end_writes_every_output(tmp_path, capsys, monkeypatch):
     total = sum(p["total_macs"] for k, p in comp.items() if k != "evaluate")
     assert report["compute"]["total_macs"] == pytest.approx(total)
     assert "## Compute" in (out / "report.md").read_text()
+    # where the latencies were measured: ONNX Runtime, the configured threads, this CPU
+    machine = report["machine"]
+    assert machine["runtime"] == "ort" and machine["version"].startswith("onnxruntime ")
+    assert machine["threads"] == 1 and machine["cpu"]
+    assert f"on {machine['cpu']}" in (out / "report.md").read_text()
     lines = (out / "log.jsonl").read_text().splitlines()
     assert lines and all(json.loads(line) for line in lines)
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -185,6 +185,24 @@ def test_full_report_markdown_numbers_and_factors():
     assert "stage 2" in md  # extra points table
 
 
+def test_machine_line_names_where_latency_was_measured():
+    r = full_report()
+    assert "Latency measured with" not in render_markdown(r)  # no machine recorded: no line
+    r["machine"] = {
+        "runtime": "ort",
+        "version": "onnxruntime 1.2.3",
+        "threads": 2,
+        "cpu": "Some CPU",
+        "isa": [],
+    }
+    assert (
+        "Latency measured with onnxruntime 1.2.3, 2 threads, on Some CPU (no ISA flags read)."
+        in render_markdown(r)
+    )
+    r["machine"].update(threads=1, isa=["avx512f", "avx2"])
+    assert "onnxruntime 1.2.3, 1 thread, on Some CPU (avx512f, avx2)." in render_markdown(r)
+
+
 def test_over_target_is_flagged():
     r = full_report()
     r["pruned"]["macs"] = 22_000_000

@@ -34,6 +34,7 @@ from prunekit.config import RunConfig
 from prunekit.cost.budget import Budget, Constraint, MeasuredLatency
 from prunekit.cost.latency import interleaved_ort_latency, resolve_round_to
 from prunekit.cost.macs import CostModel, count_params
+from prunekit.cost.runtimes import machine_signature
 from prunekit.data import NO_VAL_FIX, CustomDataBundle, DataBundle, build_data
 from prunekit.errors import PrunekitError
 from prunekit.export import export_onnx
@@ -505,6 +506,7 @@ class _Run:
             "constraints": self._constraint_rows(lat),
             "baseline": _side(self.base_metrics, base_cost, count_params(self.model), lat["baseline"]),
             "pruned": _side(pruned_metrics, pruned_cost, count_params(self.pruned), lat["pruned"]),
+            "machine": machine_signature("ort", self.cfg.export.latency_threads) if lat["pruned"] else None,
             "wall_s": {k: round(v, 2) for k, v in self.wall.items()},
             "compute": self.ledger.summary(self.base_macs, self.data.sizes.get("train", 0)),
             "history": {**self.history, "method": self.method_result.history},

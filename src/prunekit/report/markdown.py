@@ -152,7 +152,22 @@ def _summary(r: Mapping) -> list[str]:
         for label, d in (("baseline", base), ("pruned", pruned))
     ]
     rows.append(["**change**"] + [c(base.get(k), pruned.get(k)) for c, k in zip(changes, keys, strict=True)])
-    return ["## Summary", ""] + _table(headers, rows) + [""]
+    return ["## Summary", ""] + _table(headers, rows) + [""] + _machine(r)
+
+
+def _machine(r: Mapping) -> list[str]:
+    """One line naming where the latencies were measured (runtime, threads, CPU, ISA); none without it."""
+    m = _dict(r.get("machine"))
+    if not m:
+        return []
+    threads = m.get("threads")
+    isa = ", ".join(m.get("isa") or []) or "no ISA flags read"
+    return [
+        f"Latency measured with {m.get('version') or m.get('runtime') or DASH}"
+        + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "")
+        + f", on {m.get('cpu') or 'an unnamed CPU'} ({isa}).",
+        "",
+    ]
 
 
 def _factors(r: Mapping) -> list[str]:

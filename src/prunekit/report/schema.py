@@ -204,6 +204,11 @@ class Report(_Model):
     constraints: list[Constraint] = Field(default_factory=list, description="Budgets asked vs achieved.")
     baseline: Side | None = Field(None, description="The unpruned model.")
     pruned: Side | None = Field(None, description="The pruned (and fine-tuned) model.")
+    machine: dict[str, Any] | None = Field(
+        None,
+        description="Where the latencies were measured (prunekit.cost.runtimes.machine_signature): runtime, "
+        "version, threads, cpu (model name), isa; None when latency was not measured.",
+    )
     wall_s: dict[str, Number] | None = Field(
         None, description="Wall-clock seconds per phase, plus 'total' (seconds)."
     )
