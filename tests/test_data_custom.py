@@ -110,7 +110,49 @@ def float_labels():
 
 
 def unknown_key():
-    return {**make_loaders(), "eval_fn": None}
+    return {**make_loaders(), "eval_func": None}
+
+
+def eval_not_callable():
+    return {**make_loaders(), "eval_fn": 0.5}
+
+
+def objective_without_num_classes():
+    return {**make_loaders(), "loss_fn": lambda m, b: m(b[0]).sum(), "eval_fn": lambda m, loader: 0.0}
+"""
+
+# the user's objective: regress the digit's value (y = digit / 9, float [N]) with one output; cross-entropy cannot
+# even run on these batches, so a run that finishes trained with loss_fn; eval_fn is the negative MSE (below 0)
+OBJECTIVE = """
+
+def _mse(model, loader):
+    err = n = 0.0
+    for x, y in loader:
+        err += float(((model(x).squeeze(1) - y) ** 2).sum())
+        n += len(y)
+    return err / n
+
+
+def regression_loss(model, batch):
+    x, y = batch
+    return torch.nn.functional.mse_loss(model(x).squeeze(1), y)
+
+
+def neg_mse(model, loader):
+    return -_mse(model, loader)
+
+
+def make_regression(batch_size=64):
+    tr, va, te = _split()
+    value = lambda s: TensorDataset(s[0], s[1].float() / 9.0)
+    return {
+        "train": DataLoader(value(tr), batch_size=batch_size, shuffle=True),
+        "val": DataLoader(value(va), batch_size=100),
+        "test": DataLoader(value(te), batch_size=100),
+        "num_classes": 1,
+        "loss_fn": regression_loss,
+        "eval_fn": neg_mse,
+    }
 """
 
 
@@ -172,6 +214,53 @@ def test_custom_factory_runs_end_to_end(tmp_path, capsys, monkeypatch, caplog):
     code, stdout, err = cli(["eval", out, "--json"], capsys)
     assert code == 0, err
     assert json.loads(stdout)["n"] == 300
+
+
+def test_factory_objective_runs_end_to_end(tmp_path, capsys, monkeypatch):
+    """A factory's loss_fn and eval_fn drive `prunekit run --smoke`: float regression targets (cross-entropy could
+    not run on them) and one output; the report's top1 fields hold eval_fn's score (negative here), which `prunekit
+    eval` and a direct computation on the saved model reproduce."""
+    monkeypatch.setenv("PRUNEKIT_NO_PROGRESS", "1")
+    factory = write_factory(tmp_path, OBJECTIVE)
+    data = {"name": "custom", "factory": f"{factory}:make_regression"}
+    out = tmp_path / "run"
+    code, _, err = cli(
+        [
+            "run",
+            run_config(
+                tmp_path, data, model="resnet20:width_mult=0.5", baseline={"train": {"epochs": 1, "lr": 0.02}}
+            ),
+            "--smoke",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["score"] == "eval_fn" and "num_classes=1" in report["model"]
+    assert report["pruned"]["macs"] <= 0.5 * report["baseline"]["macs"]
+    for side in ("baseline", "pruned"):
+        assert report[side]["top1"] < 0 and report[side]["top5"] is None, side  # -MSE, not a fraction
+    assert (
+        report["baseline"]["top1"] > -0.2
+    )  # trained: predicting the mean value (0.5) alone scores about -0.1
+    hist = report["history"]["baseline"]
+    assert hist and all(row["val_score"] < 0 for row in hist)
+    md = (out / "report.md").read_text()
+    assert "score[^score]" in md and "`eval_fn`" in md
+    # the saved model scores the same through `prunekit eval` and by hand
+    code, stdout, err = cli(["eval", out, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["score"] == pytest.approx(report["pruned"]["top1"], rel=1e-5)
+    from prunekit.runs import load_run
+
+    model, _, cfg = load_run(out)
+    test = build_data(cfg.data).test
+    model.eval()
+    with torch.no_grad():
+        err2 = sum(float(((model(x).squeeze(1) - y) ** 2).sum()) for x, y in test) / 300
+    assert -err2 == pytest.approx(report["pruned"]["top1"], rel=1e-5)
 
 
 def test_factory_gets_options_and_rank(tmp_path):
@@ -247,7 +336,9 @@ def test_non_custom_config_dump_unchanged():
         ({"name": "custom", "factory": "{f}:a_dataset"}, "'train' is a TensorDataset, not a loader"),
         ({"name": "custom", "factory": "{f}:not_square"}, "8x10 images"),
         ({"name": "custom", "factory": "{f}:float_labels"}, "int64 class indices"),
-        ({"name": "custom", "factory": "{f}:unknown_key"}, "unknown key(s) 'eval_fn'"),
+        ({"name": "custom", "factory": "{f}:unknown_key"}, "unknown key(s) 'eval_func'"),
+        ({"name": "custom", "factory": "{f}:eval_not_callable"}, "eval_fn of type float: give a function"),
+        ({"name": "custom", "factory": "{f}:objective_without_num_classes"}, "return num_classes"),
     ],
 )
 def test_custom_errors_exit_2_with_one_line(tmp_path, capsys, monkeypatch, data, expect):

@@ -581,3 +581,20 @@ def test_report_round_trips_through_json(tmp_path: Path):
     assert data["pruned"]["effective_macs"] == 18_000_000
     assert Report.model_validate(data) == rep
     assert paths["markdown"].read_text(encoding="utf-8") == render_markdown(rep)
+
+
+def test_eval_fn_score_is_shown_as_a_score_not_a_percentage(tmp_path: Path):
+    r = full_report()
+    r["baseline"]["top1"], r["pruned"]["top1"] = -0.25, -0.5  # e.g. a negative MSE: out of [0, 1]
+    with pytest.raises(ValidationError, match="top1"):
+        Report.model_validate(r)  # as top-1 it is invalid...
+    r["score"] = "eval_fn"
+    rep = Report.model_validate(r)  # ...as the data factory's eval_fn score it is fine
+    assert rep.pruned.top1 == -0.5 and rep.to_dict()["score"] == "eval_fn"
+    md = render_markdown(rep)
+    assert "| score[^score] | top-5 |" in md and "| top-1 |" not in md
+    base, pruned, change = _row(md, "baseline"), _row(md, "pruned"), _row(md, "change")
+    assert base[1] == "-0.25" and pruned[1] == "-0.5" and change[1] == "-0.25"
+    assert "`eval_fn`" in md and "-25.00%" not in md
+    write_report(rep, tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["pruned"]["top1"] == -0.5

@@ -43,8 +43,7 @@ from prunekit.io import load_safetensors, load_weights, save_safetensors
 from prunekit.methods import get_method, parse_method_config
 from prunekit.methods.base import MethodContext
 from prunekit.space import ChannelSpace, Plan, apply, density_masks
-from prunekit.train import TrainConfig, evaluate, fit
-from prunekit.train.loop import user_score
+from prunekit.train import TrainConfig, fit, score_metrics
 from prunekit.train.masking import MaskCallback
 
 __all__ = ["SAVE_FORMAT", "prune", "restore", "save"]
@@ -269,11 +268,7 @@ class _Loop:
         loader = self.loaders["val" if split == "val" else "test"]
         if loader is None:
             raise PrunekitError(f"this method evaluates on {split}: pass val_loader= to prunekit.prune")
-        if self.eval_fn is None:
-            return evaluate(model, loader, self.device)
-        score = user_score(model, loader, self.eval_fn)
-        # ``top1`` is what methods compare (higher is better): here, the user's score
-        return {"top1": score, "score": score, "top5": None, "loss": None, "n": None}
+        return score_metrics(model, loader, self.device, self.eval_fn)
 
 
 # ---------------------------------------------------------------------------------------------- save / restore

@@ -283,7 +283,7 @@ def eval_(
 
     from prunekit.data import DataConfig, build_data
     from prunekit.runs import load_baseline, load_run
-    from prunekit.train import evaluate
+    from prunekit.train import score_metrics
 
     if split not in ("test", "val"):
         raise PrunekitError(f"--split must be test or val, got {split!r}")
@@ -298,9 +298,11 @@ def eval_(
     loader = data.test if split == "test" else data.val
     if loader is None:
         raise PrunekitError("this dataset configuration has no validation split")
-    metrics = evaluate(model, loader)
+    metrics = score_metrics(model, loader, eval_fn=data.eval_fn)  # a data factory's eval_fn replaces top-1
     if as_json:
         print(json.dumps(metrics))
+    elif data.eval_fn is not None:
+        console.print(f"{split}: score {metrics['score']:.6g} (the data factory's eval_fn)")
     else:
         console.print(
             f"{split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  loss {metrics['loss']:.4f}  "

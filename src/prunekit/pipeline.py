@@ -52,9 +52,9 @@ from prunekit.train import (
     broadcast_module,
     check_agreement,
     cleanup,
-    evaluate,
     fit,
     init_from_env,
+    score_metrics,
     smoke_recipe,
 )
 from prunekit.train.compute import Ledger, use_ledger
@@ -222,6 +222,11 @@ class _Run:
             raise PrunekitError(
                 f"{tag} training keeps its best epoch on the validation split and this run has none: {NO_VAL_FIX}"
             )
+        if loss_fn is not None and self.data.loss_fn is not None:
+            raise PrunekitError(
+                f"{tag}: the {self.cfg.method.name} method trains with a loss of its own, which cannot combine with "
+                "the data factory's loss_fn: drop loss_fn from the factory or pick another method"
+            )
         res = fit(
             model,
             self.data.train,
@@ -235,6 +240,8 @@ class _Run:
             desc=tag,
             select=select,
             loss_fn=loss_fn,
+            batch_loss=self.data.loss_fn,
+            eval_fn=self.data.eval_fn,
         )
         self.history[tag] = res.history
         return res
@@ -256,11 +263,12 @@ class _Run:
 
     def evaluate(self, model: nn.Module, split: str) -> dict:
         """Metrics of ``model`` on ``split``; under torchrun every rank evaluates its shard (all ranks at once:
-        the pipeline and the methods call this in step) and the sums are all-reduced."""
+        the pipeline and the methods call this in step) and the sums are all-reduced. With the data factory's
+        ``eval_fn``, its score stands in ``top1`` (:func:`prunekit.train.score_metrics`)."""
         loader = self.eval_loaders["val" if split == "val" else "test"]
         if loader is None:
             raise PrunekitError(f"this run has no validation split: {NO_VAL_FIX}")
-        return evaluate(model, loader, self.device)
+        return score_metrics(model, loader, self.device, self.data.eval_fn)
 
     # -------------------------------------------------------------- phases
     def prepare(self) -> None:
@@ -374,6 +382,8 @@ class _Run:
             baseline_train=self.cfg.baseline.train,
             seed=self.cfg.seed,
             smoke=self.smoke,
+            loss_fn=self.data.loss_fn,
+            eval_fn=self.data.eval_fn,
         )
 
     def _resume_method(self, done: dict) -> None:
@@ -506,6 +516,7 @@ class _Run:
             "constraints": self._constraint_rows(lat),
             "baseline": _side(self.base_metrics, base_cost, count_params(self.model), lat["baseline"]),
             "pruned": _side(pruned_metrics, pruned_cost, count_params(self.pruned), lat["pruned"]),
+            "score": "eval_fn" if self.data.eval_fn is not None else "top1",
             "machine": machine_signature("ort", self.cfg.export.latency_threads) if lat["pruned"] else None,
             "wall_s": {k: round(v, 2) for k, v in self.wall.items()},
             "compute": self.ledger.summary(self.base_macs, self.data.sizes.get("train", 0)),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,9 @@ class BundleFields:
     """Loaders (``train`` sharded over ranks, ``val`` / ``test`` whole; ``val`` None without a validation split),
     the model's input / output description (``input_size`` = H = W), split sizes ``{"train", "val", "test"}``, the
     per-channel normalisation the loaders apply, class names, the data config, this process's rank / world size and
-    each split's provenance (``split_indices``, empty when unknown)."""
+    each split's provenance (``split_indices``, empty when unknown), and the user's objective where the data
+    factory gave one (``loss_fn(model, batch) -> scalar loss`` replacing cross-entropy, ``eval_fn(model, loader) ->
+    score``, higher is better, replacing top-1; None for the built-in datasets)."""
 
     name: str
     train: Any
@@ -36,3 +39,5 @@ class BundleFields:
     rank: int = 0
     world_size: int = 1
     split_indices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    loss_fn: Callable[[Any, Any], Any] | None = field(default=None, repr=False)
+    eval_fn: Callable[[Any, Any], float] | None = field(default=None, repr=False)

@@ -4,14 +4,23 @@ The factory is called as ``factory(**options)``, plus ``rank=`` / ``world_size=`
 (named, or ``**kwargs``), and returns a dict (or an object with these attributes)::
 
     {"train": loader, "val": loader or None, "test": loader,   # required: train, test
-     "num_classes": int, "class_names": [str, ...]}            # optional
+     "num_classes": int, "class_names": [str, ...],            # optional
+     "loss_fn": loss_fn, "eval_fn": eval_fn}                   # optional: the user's objective
 
 A loader is any iterable with ``len()`` (batches per epoch) yielding ``(x, y)`` batches: ``x`` float
 ``[N, C, H, W]`` with ``H == W``, ``y`` int64 class indices ``[N]``; a ``torch.utils.data.DataLoader`` is one.
 prunekit applies no normalisation, augmentation or splitting of its own. ``in_chans`` / ``input_size`` come from
 the first train batch; ``num_classes`` from the return value (``num_classes``, else ``len(class_names)``), else
-from the largest label of the val and test loaders (logged). Under torchrun the factory must shard the train loader
-itself (it gets ``rank`` / ``world_size``; e.g. a ``DistributedSampler``); val and test are used whole on every
+from the largest label of the val and test loaders (logged).
+
+The objective: ``loss_fn(model, batch) -> scalar tensor`` replaces cross-entropy in every training phase (baseline,
+method, finetune; the batch as the loader yields it, moved to the device), ``eval_fn(model, loader) -> float``
+(higher is better; the model in eval mode, no grad) replaces top-1 wherever the run evaluates (best-epoch
+selection, the methods' validation, the report's ``top1`` fields, which then hold this score: ``report.json``'s
+``score`` says ``eval_fn``). With both, ``y`` may be anything (a mask, a regression target): only ``x`` is checked,
+and ``num_classes`` (the model's output size) must be returned.
+
+Under torchrun the factory must shard the train loader itself (it gets ``rank`` / ``world_size``; e.g. a ``DistributedSampler``); val and test are used whole on every
 rank. A loader's ``set_epoch(e)``, where it has one, is called at each epoch start (e.g. to forward to a
 ``DistributedSampler``).
 """
@@ -40,7 +49,7 @@ __all__ = ["CUSTOM_KEYS", "CustomDataBundle", "UserLoader", "build_custom"]
 
 log = logging.getLogger(__name__)
 
-CUSTOM_KEYS = ("train", "val", "test", "num_classes", "class_names")
+CUSTOM_KEYS = ("train", "val", "test", "num_classes", "class_names", "loss_fn", "eval_fn")
 """The keys (or attributes) of a data factory's return value."""
 
 _RETURN_HINT = "return {'train': loader, 'val': loader or None, 'test': loader}"
@@ -176,6 +185,14 @@ def _parts(out: Any, ref: str) -> dict[str, Any]:
     for split in ("train", "test"):
         if parts[split] is None:
             raise PrunekitError(f"data factory {ref} returned no {split!r} loader: {_RETURN_HINT}")
+    for key, sig in (
+        ("loss_fn", "loss_fn(model, batch) -> scalar tensor"),
+        ("eval_fn", "eval_fn(model, loader) -> float"),
+    ):
+        if parts[key] is not None and not callable(parts[key]):
+            raise PrunekitError(
+                f"data factory {ref} returned {key} of type {type(parts[key]).__name__}: give a function {sig}"
+            )
     return parts
 
 
@@ -199,7 +216,7 @@ def _loader_len(loader: Any, split: str, ref: str) -> int:
     return int(n)
 
 
-def _first_batch(loader: Any, split: str, ref: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _first_batch(loader: Any, split: str, ref: str, labels: bool) -> tuple[torch.Tensor, Any]:
     try:
         batch = next(iter(loader))
     except StopIteration:
@@ -210,10 +227,12 @@ def _first_batch(loader: Any, split: str, ref: str) -> tuple[torch.Tensor, torch
         raise PrunekitError(
             f"data factory {ref}: reading the first {split!r} batch failed with {one_line(exc)}: fix the loader"
         ) from exc
-    return _check_batch(batch, split, ref)
+    return _check_batch(batch, split, ref, labels)
 
 
-def _check_batch(batch: Any, split: str, ref: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_batch(batch: Any, split: str, ref: str, labels: bool = True) -> tuple[torch.Tensor, Any]:
+    """``(x, y)`` checked: ``x`` float ``[N, C, H, W]`` square; with ``labels`` ``y`` int64 class indices ``[N]``
+    (without: the user's loss_fn / eval_fn read ``y``, which may be anything)."""
     where = f"data factory {ref}: {split!r} batches"
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         got = f"a {len(batch)}-tuple" if isinstance(batch, (tuple, list)) else type(batch).__name__
@@ -236,6 +255,8 @@ def _check_batch(batch: Any, split: str, ref: str) -> tuple[torch.Tensor, torch.
             f"{where} are {x.shape[2]}x{x.shape[3]} images: prunekit needs square ones (H == W); resize or crop "
             "them in the loader"
         )
+    if not labels:
+        return x, y
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1 or len(y) != len(x):
         got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
         raise PrunekitError(
@@ -265,9 +286,14 @@ def _max_label(loader: Any, split: str, ref: str) -> int:
     return top
 
 
-def _num_classes(parts: dict[str, Any], firsts: dict[str, torch.Tensor], ref: str) -> tuple[int, bool]:
+def _num_classes(parts: dict[str, Any], firsts: dict[str, Any], ref: str, labels: bool) -> tuple[int, bool]:
     """``(num_classes, inferred)``."""
     k, names = parts["num_classes"], parts["class_names"]
+    if k is None and names is None and not labels:
+        raise PrunekitError(
+            f"data factory {ref} returns loss_fn and eval_fn, so its labels are not class indices to count: "
+            "return num_classes (the model's output size) too"
+        )
     if names is not None and (
         not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)
     ):
@@ -275,8 +301,9 @@ def _num_classes(parts: dict[str, Any], firsts: dict[str, torch.Tensor], ref: st
             f"data factory {ref} returned class_names of type {type(names).__name__}: give a list of strings"
         )
     if k is not None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-            raise PrunekitError(f"data factory {ref} returned num_classes={k!r}: give an integer >= 2")
+        least = 2 if labels else 1  # with the user's objective one output (a regression) is fine
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < least:
+            raise PrunekitError(f"data factory {ref} returned num_classes={k!r}: give an integer >= {least}")
         return int(k), False
     if names is not None:
         return len(names), False
@@ -315,13 +342,14 @@ def build_custom(
     Raises:
         PrunekitError: one line for the file or the factory missing, the factory raising, a wrong return value,
             a missing train / test loader, an empty or unsized loader, a bad batch (shape, dtype, non-square
-            images, labels out of range), or a factory without ``rank`` / ``world_size`` under torchrun.
+            images, labels out of range), a loss_fn / eval_fn that is not callable, no num_classes beside both, or a factory without ``rank`` / ``world_size`` under torchrun.
     """
     ref = str(cfg.factory)
     parts = _parts(_call_factory(cfg, rank, world_size), ref)
     splits = [s for s in ("train", "val", "test") if parts[s] is not None]
     lens = {s: _loader_len(parts[s], s, ref) for s in splits}
-    firsts = {s: _first_batch(parts[s], s, ref) for s in splits}
+    labels = parts["loss_fn"] is None or parts["eval_fn"] is None  # y is class indices unless both are given
+    firsts = {s: _first_batch(parts[s], s, ref, labels) for s in splits}
     x0 = firsts["train"][0]
     in_chans, input_size = int(x0.shape[1]), int(x0.shape[2])
     for s in splits[1:]:
@@ -331,8 +359,8 @@ def build_custom(
                 f"data factory {ref}: {s!r} images are {c}x{h}x{w} but train images are "
                 f"{in_chans}x{input_size}x{input_size}: give every split the same image size"
             )
-    num_classes, inferred = _num_classes(parts, {s: firsts[s][1] for s in splits}, ref)
-    for s in splits:
+    num_classes, inferred = _num_classes(parts, {s: firsts[s][1] for s in splits}, ref, labels)
+    for s in splits if labels else ():
         top = int(firsts[s][1].max()) if len(firsts[s][1]) else -1
         if top >= num_classes:
             raise PrunekitError(
@@ -386,4 +414,6 @@ def build_custom(
         config=cfg,
         rank=rank,
         world_size=world_size,
+        loss_fn=parts["loss_fn"],
+        eval_fn=parts["eval_fn"],
     )

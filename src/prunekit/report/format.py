@@ -139,6 +139,19 @@ def _pp_change(before: Any, after: Any) -> str:
     return f"{100.0 * (b - a):+.2f} pp"
 
 
+def fmt_score(x: Any) -> str:
+    """Format a user score (``eval_fn``; any scale): 4 significant digits; missing -> ``"–"``."""
+    v, shown = _shown(x)
+    return shown if shown is not None else f"{v:.4g}"
+
+
+def _abs_change(before: Any, after: Any) -> str:
+    a, b = _num(before), _num(after)
+    if a is None or b is None or not math.isfinite(a) or not math.isfinite(b):
+        return DASH
+    return f"{b - a:+.4g}"
+
+
 def _cell(x: Any) -> str:
     """Make any value safe for one markdown table cell."""
     s = DASH if x is None else str(x)

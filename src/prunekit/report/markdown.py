@@ -27,6 +27,7 @@ from prunekit.report._data import (
 )
 from prunekit.report.format import (
     DASH,
+    _abs_change,
     _fmt_value,
     _num,
     _pp_change,
@@ -39,6 +40,7 @@ from prunekit.report.format import (
     fmt_ms,
     fmt_params,
     fmt_pct,
+    fmt_score,
     fmt_seconds,
 )
 from prunekit.report.training import training_warnings
@@ -147,12 +149,26 @@ def _summary(r: Mapping) -> list[str]:
         keys = keys[:4] + ("effective_macs", "effective_params") + keys[4:]
         fmts = fmts[:4] + (fmt_macs, fmt_params) + fmts[4:]
         changes = changes[:4] + (_rel_change, _rel_change) + changes[4:]
+    note = []
+    if _user_score(r):  # the data factory's eval_fn stands where top-1 would (any scale, higher is better)
+        headers[1], fmts, changes = "score[^score]", (fmt_score,) + fmts[1:], (_abs_change,) + changes[1:]
+        note = ["[^score]: the data factory's `eval_fn` on the test split (higher is better), not top-1.", ""]
     rows = [
         [f"**{label}**"] + [f(d.get(k)) for f, k in zip(fmts, keys, strict=True)]
         for label, d in (("baseline", base), ("pruned", pruned))
     ]
     rows.append(["**change**"] + [c(base.get(k), pruned.get(k)) for c, k in zip(changes, keys, strict=True)])
-    return ["## Summary", ""] + _table(headers, rows) + [""] + _machine(r)
+    return ["## Summary", ""] + _table(headers, rows) + [""] + note + _machine(r)
+
+
+def _user_score(r: Mapping) -> bool:
+    """True when the report's top1 fields hold the data factory's eval_fn score."""
+    return r.get("score") == "eval_fn"
+
+
+def _accuracy(r: Mapping) -> tuple[Any, str]:
+    """How the report's top1 values are shown: ``(formatter, column name)``."""
+    return (fmt_score, "score") if _user_score(r) else (fmt_pct, "top-1")
 
 
 def _machine(r: Mapping) -> list[str]:
@@ -311,8 +327,11 @@ def _training(r: Mapping) -> list[str]:
     if not phases:
         return []
     rows = []
+    key = "val_score" if _user_score(r) else "val_top1"
+    fmt, name = _accuracy(r)
+    name = f"val {name}"
     for phase, hist in phases:
-        vals = [(_num(row.get("val_top1")), row) for row in hist]
+        vals = [(_num(row.get(key)), row) for row in hist]
         vals = [(v, row) for v, row in vals if v is not None and math.isfinite(v)]
         best = max(vals, key=lambda t: t[0]) if vals else None
         last = hist[-1]
@@ -320,13 +339,13 @@ def _training(r: Mapping) -> list[str]:
             [
                 phase,
                 len(hist),
-                fmt_pct(best[0]) if best else DASH,
+                fmt(best[0]) if best else DASH,
                 _fmt_value("epoch", best[1].get("epoch")) if best else DASH,
-                fmt_pct(last.get("val_top1")),
+                fmt(last.get(key)),
                 _fmt_value("train_loss", last.get("train_loss")),
             ]
         )
-    headers = ["phase", "epochs", "best val top-1", "at epoch", "final val top-1", "final train loss"]
+    headers = ["phase", "epochs", f"best {name}", "at epoch", f"final {name}", "final train loss"]
     lines = ["## Training", ""] + _table(headers, rows) + [""]
     for w in training_warnings(r):
         lines += [f"> **Warning** {w}", ""]
@@ -467,10 +486,10 @@ def _front(r: Mapping) -> list[str]:
     lines += [""] + _table(headers, rows, ["r", "l", "r", "r", "r", "r", "r", "r", "r", "r"]) + [""]
     fig = _dict(extra.get("figures")).get("front")
     lines += [f"![front]({fig})", ""] if fig else []
-    return lines + _trained_members(extra)
+    return lines + _trained_members(extra, _accuracy(r))
 
 
-def _trained_members(extra: Mapping) -> list[str]:
+def _trained_members(extra: Mapping, acc: tuple[Any, str]) -> list[str]:
     """The members ``method.train`` trained (JCW: ``extra.members``), one row each."""
     members = [m for m in _list(extra.get("members")) if isinstance(m, Mapping)]
     if not members:
@@ -479,7 +498,7 @@ def _trained_members(extra: Mapping) -> list[str]:
         [
             str(m.get("member", DASH)) + (" (deployed)" if m.get("deployed") else ""),
             str(m.get("budgets", DASH)),
-            fmt_pct(m.get("test_top1")),
+            acc[0](m.get("test_top1")),
             fmt_macs(m.get("macs")),
             fmt_macs(m.get("effective_macs")),
             fmt_params(m.get("params")),
@@ -492,7 +511,7 @@ def _trained_members(extra: Mapping) -> list[str]:
     headers = [
         "member",
         "budget",
-        "test top-1",
+        f"test {acc[1]}",
         "MACs",
         "effective MACs",
         "params",
@@ -538,11 +557,12 @@ def _points(r: Mapping) -> list[str]:
     points = _extra_points(r)
     if not points:
         return []
+    fmt, name = _accuracy(r)
     rows = [
-        [p.get("label", DASH), fmt_pct(p.get("top1")), fmt_macs(p.get("macs")), fmt_ms(p.get("latency_ms"))]
+        [p.get("label", DASH), fmt(p.get("top1")), fmt_macs(p.get("macs")), fmt_ms(p.get("latency_ms"))]
         for p in points
     ]
-    return ["## Trade-off points", ""] + _table(["point", "top-1", "MACs", "latency b1"], rows) + [""]
+    return ["## Trade-off points", ""] + _table(["point", name, "MACs", "latency b1"], rows) + [""]
 
 
 def _method_details(r: Mapping) -> list[str]:

@@ -214,6 +214,7 @@ def plot_training(report: Report | Mapping, path: str | Path | None = None) -> F
         name = "" if many else f"{phase} "
         for ax, key, ls, label, scale in (
             (ax_a, "val_top1", "-", f"{name}val", 100.0),
+            (ax_a, "val_score", "-", f"{name}val score", 1.0),  # the data factory's eval_fn
             (ax_a, "train_top1", ":", f"{name}train", 100.0),
             (ax_l, "train_loss", "-", f"{name}train", 1.0),
             (ax_l, "val_loss", ":", f"{name}val", 1.0),
@@ -248,14 +249,15 @@ def plot_training(report: Report | Mapping, path: str | Path | None = None) -> F
                     )
         offset = max(xs) if xs else offset
 
-    ax_a.set_title("Top-1 per epoch")
-    ax_a.set_ylabel("top-1 (%)")
+    scored = report.get("score") == "eval_fn"
+    ax_a.set_title("Score (eval_fn) per epoch" if scored else "Top-1 per epoch")
+    ax_a.set_ylabel("score" if scored else "top-1 (%)")
     ax_l.set_title("Loss per epoch")
     ax_l.set_ylabel("loss")
     for ax in (ax_a, ax_l):
         ax.set_xlabel("epoch (cumulative over phases)" if len(phases) > 1 else "epoch")
         ax.grid(True, lw=0.5, alpha=0.4)
-        if ax.get_lines():
+        if any(not line.get_label().startswith("_") for line in ax.get_lines()):  # not only phase boundaries
             ax.legend(fontsize=8)
         else:
             ax.text(

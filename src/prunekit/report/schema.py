@@ -101,6 +101,16 @@ class Side(_Model):
     )
 
 
+class ScoredSide(Side):
+    """A :class:`Side` whose ``top1`` / ``val_top1`` hold the data factory's ``eval_fn`` score (``score:
+    eval_fn``): any finite number, higher is better; ``top5`` is not measured."""
+
+    top1: float | None = Field(None, description="The eval_fn score on the test split (higher is better).")
+    val_top1: float | None = Field(
+        None, description="The eval_fn score on the validation split (higher is better)."
+    )
+
+
 class GroupRow(_Model):
     """One channel group of the pruned network: its width before and after pruning."""
 
@@ -191,6 +201,22 @@ class Report(_Model):
 
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scored_sides(cls, data: Any) -> Any:
+        """``score: eval_fn``: the sides' top1 / val_top1 are the user's score (any scale), not fractions."""
+        data = _plain(data)
+        if isinstance(data, dict) and data.get("score") == "eval_fn":
+            data = {
+                **data,
+                **{
+                    k: ScoredSide.model_validate(data[k])
+                    for k in ("baseline", "pruned")
+                    if isinstance(data.get(k), dict)
+                },
+            }
+        return data
+
     name: str | None = Field(None, description="Run name.")
     command: str | None = Field(None, description="The command line that produced the run.")
     created: str | None = Field(
@@ -204,6 +230,11 @@ class Report(_Model):
     constraints: list[Constraint] = Field(default_factory=list, description="Budgets asked vs achieved.")
     baseline: Side | None = Field(None, description="The unpruned model.")
     pruned: Side | None = Field(None, description="The pruned (and fine-tuned) model.")
+    score: Literal["top1", "eval_fn"] = Field(
+        "top1",
+        description="What the top1 / val_top1 fields hold: top-1 (a fraction), or the score of the data factory's "
+        "eval_fn (higher is better; any scale).",
+    )
     machine: dict[str, Any] | None = Field(
         None,
         description="Where the latencies were measured (prunekit.cost.runtimes.machine_signature): runtime, "

@@ -6,6 +6,7 @@ Public API::
     build_optimizer, param_groups, build_scheduler, lr_factor_fn, total_steps, build_criterion
     fit(model, train_loader, cfg, ...) -> FitResult  # the loop
     evaluate(model, loader, device) -> {"top1", "top5", "loss", "n"}
+    score_metrics(model, loader, device, eval_fn)    # evaluate, or the user's eval_fn score as "top1"
     Callback, TrainState                            # hooks for pruning methods
     init_from_env, is_main, cleanup, all_reduce_mean, ...  # torchrun helpers
 """
@@ -26,7 +27,17 @@ from prunekit.distributed import (  # the torchrun helpers live below train (cos
     is_distributed,
     is_main,
 )
-from prunekit.train.loop import CKPT_FORMAT, Callback, FitResult, TrainState, evaluate, fit, progress_enabled
+from prunekit.train.loop import (
+    CKPT_FORMAT,
+    Callback,
+    FitResult,
+    TrainState,
+    evaluate,
+    fit,
+    progress_enabled,
+    score_metrics,
+    user_score,
+)
 from prunekit.train.recipes import (
     SMOKE_DATA,
     SMOKE_EPOCHS,
@@ -63,6 +74,8 @@ __all__ = [
     "build_scheduler",
     "cleanup",
     "evaluate",
+    "score_metrics",
+    "user_score",
     "fit",
     "get_rank",
     "get_world_size",

@@ -1113,6 +1113,28 @@ def user_score(
     return score
 
 
+def score_metrics(
+    model: nn.Module,
+    loader: Iterable[Any],
+    device: str | torch.device = "cpu",
+    eval_fn: Callable[[nn.Module, Iterable[Any]], float] | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate`'s metrics, or with ``eval_fn`` the user's score in their place.
+
+    With ``eval_fn`` (higher is better; :func:`user_score`) the result is ``{"top1": score, "score": score,
+    "top5": None, "loss": None, "n": None}``: ``top1`` is what the methods and the pipeline compare, so it carries
+    the score (``model`` is moved to ``device`` first).
+
+    Raises:
+        PrunekitError: as :func:`evaluate`, or a non-finite score.
+    """
+    if eval_fn is None:
+        return evaluate(model, loader, device)
+    model.to(_resolve_device(device))
+    score = user_score(model, loader, eval_fn)
+    return {"top1": score, "score": score, "top5": None, "loss": None, "n": None}
+
+
 def _user_loss(loss: Any) -> torch.Tensor:
     """A ``batch_loss`` result checked: a scalar tensor that carries gradients."""
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
