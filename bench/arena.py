@@ -21,7 +21,11 @@ Taylor-importance MetaPruner through prunekit's finetune loop (``bench/arena_tp.
 the task's training images): pretraining, supernet / gate / PruningNet training, search evaluations and finetuning
 together, an epoch of a net with half the MACs counting half. The split is planned per entrant (``arena_entrants``)
 and what each phase really spent is measured by prunekit's compute ledger (:mod:`prunekit.train.compute`, training
-= 3x forward MACs) and reported beside it. The pretraining is shared by the entrants that prune a trained model
+= 3x forward MACs) and reported beside it. The plan counts training passes (and a search's forward passes); the
+validation after each training epoch comes on top, in "spent" and its "of which forward" part: 6,000 validation
+images after an epoch on 10,000 training images cost 6,000 / (3 x 10,000) = 0.2 of that epoch, so an entrant
+that validates after every epoch spends ~1.2x its planned training (16 planned -> ~19.2 spent), the same share for
+every entrant that does. The pretraining is shared by the entrants that prune a trained model
 (one per task and seed; charged to each). **Sizing** (measured, one torch thread, the other core busy): a pruned
 net does not run as much faster as its MACs fall (ResNet-20 at 25% of the MACs trains at ~660 img/s, the reference
 at ~340), so a cell's wall time is not its budget: ``uniform`` of task 1 on 20,000 images (64 epochs of the small
@@ -217,13 +221,27 @@ def pretrain(out: Path, task: int, seed: int, budget: float, smoke: bool, comman
     return d
 
 
-def _reference_epochs(d: Path, reference_macs: float, train_images: int) -> float:
-    """What the shared pretraining spent, in reference epochs (its compute ledger)."""
+def _reference_epochs(d: Path, reference_macs: float, train_images: int) -> tuple[float, float]:
+    """What the shared pretraining spent, in reference epochs (its compute ledger): ``(total, of which forward
+    passes)``."""
     from prunekit.train.compute import Ledger
 
-    led = Ledger(d / "compute.json")
-    s = led.summary(reference_macs, train_images)
-    return float(s["reference_epochs"])
+    s = Ledger(d / "compute.json").summary(reference_macs, train_images)
+    return float(s["reference_epochs"]), forward_epochs(s)
+
+
+def forward_epochs(compute: dict) -> float:
+    """The forward-only part of a ``compute`` summary (validation after each epoch, search evaluations, BN
+    recalibration), in reference epochs: a forward pass costs a third of a training pass, so validating 6,000 images
+    after each of 16 epochs on 10,000 training images is 16 x 6,000 / (3 x 10,000) = 3.2 reference epochs."""
+    ref, n = float(compute.get("reference_macs") or 0.0), int(compute.get("train_images") or 0)
+    if ref <= 0 or n <= 0:
+        return 0.0
+    excluded = set(compute.get("excluded") or ())
+    fwd = sum(
+        p.get("forward_macs", 0.0) for k, p in (compute.get("phases") or {}).items() if k not in excluded
+    )
+    return fwd / (float(compute.get("train_factor") or 3.0) * ref * n)
 
 
 def run_cell(out: Path, task: int, entrant: str, seed: int, budget: float, smoke: bool, command: str) -> dict:
@@ -262,9 +280,11 @@ def run_cell(out: Path, task: int, entrant: str, seed: int, budget: float, smoke
             tr["method"]["latency_lut"] = str(lut_path(out, task))
         rep, _, _ = run_cached(tr, d, entrant, overwrite=False, smoke=smoke, command=command)
     comp = rep.get("compute") or {}
-    shared = 0.0
+    shared = shared_fwd = 0.0
     if pre is not None:
-        shared = _reference_epochs(pre, comp.get("reference_macs", 0.0), comp.get("train_images", 0))
+        shared, shared_fwd = _reference_epochs(
+            pre, comp.get("reference_macs", 0.0), comp.get("train_images", 0)
+        )
     spent = float(comp.get("reference_epochs") or 0.0) + shared
     row = {
         "task": task,
@@ -286,6 +306,7 @@ def run_cell(out: Path, task: int, entrant: str, seed: int, budget: float, smoke
         "reference_epochs_planned": split,
         "reference_epochs_spent": spent,
         "reference_epochs_shared_pretraining": shared,
+        "reference_epochs_forward": forward_epochs(comp) + shared_fwd,
         "wall_s": time.perf_counter() - t0,
     }
     write_json(done, row)
@@ -294,7 +315,24 @@ def run_cell(out: Path, task: int, entrant: str, seed: int, budget: float, smoke
 
 # ---------------------------------------------------------------------------------------------- report
 def _rows(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(out.glob("task*/*/seed*/cell.json"))]
+    rows = []
+    for p in sorted(out.glob("task*/*/seed*/cell.json")):
+        row = json.loads(p.read_text())
+        if (
+            "reference_epochs_forward" not in row
+        ):  # a cell from before the split was recorded: from its ledgers
+            row["reference_epochs_forward"] = _forward_of(p.parent, row)
+        rows.append(row)
+    return rows
+
+
+def _forward_of(d: Path, row: dict) -> float:
+    comp = json.loads((d / "report.json").read_text()).get("compute") or {}
+    fwd = forward_epochs(comp)
+    if row.get("reference_epochs_shared_pretraining"):
+        pre = d.parents[1] / "pretrain" / d.name
+        fwd += _reference_epochs(pre, comp.get("reference_macs", 0.0), comp.get("train_images", 0))[1]
+    return fwd
 
 
 def _ms(xs: list) -> str:
@@ -315,7 +353,7 @@ def report(out: Path, command: str) -> str:
         lines += [f"### Task {task}: {spec['title']}", ""]
         lines += [
             "| entrant | seeds | top-1 % | Δ vs uniform (paired) | MACs M | params K | ORT b1 ms | ORT b64 ms "
-            "| ref. epochs spent | planned split | budget | rounding | wall min |",
+            "| ref. epochs spent (of which forward) | planned split | budget | rounding | wall min |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|",
         ]
         summary[task] = {}
@@ -329,7 +367,8 @@ def report(out: Path, command: str) -> str:
                 f"| {er[0]['label']} | {len(er)} | {_ms([100 * r['top1'] for r in er])} | "
                 f"{_ms(diffs) if name != 'uniform' else '–'} | {_ms([r['macs'] / 1e6 for r in er])} | "
                 f"{_ms([r['params'] / 1e3 for r in er])} | {_ms([r['latency_ms'] for r in er])} | "
-                f"{_ms([r['latency_ms_batch'] for r in er])} | {_ms([r['reference_epochs_spent'] for r in er])} | "
+                f"{_ms([r['latency_ms_batch'] for r in er])} | {_ms([r['reference_epochs_spent'] for r in er])} "
+                f"({_ms([r['reference_epochs_forward'] for r in er])}) | "
                 f"{split} | {er[0]['budget']} | {er[0]['rounding']} | {_ms([r['wall_s'] / 60 for r in er])} |"
             )
             summary[task][name] = er
