@@ -45,13 +45,13 @@ def mean_std(xs: list[float | None]) -> tuple[float, float]:
 
 def finished(cfg: Any, d: Path, smoke: bool) -> dict | None:
     """The report of a finished run of ``cfg`` in ``d`` (same config hash as ``prunekit run`` computes), else None."""
-    from prunekit.pipeline import config_hash, smoke_config
+    from prunekit.pipeline import config_hash, same_config, smoke_config
 
     rep, state = d / "report.json", d / "state.json"
     if not (rep.is_file() and state.is_file()):
         return None
     want = config_hash(smoke_config(cfg) if smoke else cfg)
-    if json.loads(state.read_text()).get("config_hash") != want:
+    if not same_config(d, json.loads(state.read_text()).get("config_hash"), want):
         return None  # a different config: run() refuses it with the usual message
     return json.loads(rep.read_text())
 

@@ -115,10 +115,27 @@ def test_run_end_to_end_writes_every_output(tmp_path, capsys, monkeypatch):
     assert again["compute"]["phases"]["baseline"] == report["compute"]["phases"]["baseline"]  # charged once
     assert again["compute"]["total_macs"] == pytest.approx(report["compute"]["total_macs"])
 
-    # a different config into the same directory is refused
+    # a run written by an older prunekit (its config predates a field, here export.latency_threads, so its hash
+    # differs) resumes when its config.yaml reads the same under today's defaults; nothing is retrained
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["export"].pop("latency_threads") == 1
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    state = json.loads((out / "state.json").read_text())
+    now = state["config_hash"]
+    (out / "state.json").write_text(json.dumps({**state, "config_hash": "0123456789abcdef"}))
+    code, _, err = cli(["run", write_cfg(tmp_path, TINY), "--out", out], capsys)
+    assert code == 0, err
+    assert (out / "baseline.pt").stat().st_mtime_ns == mtime
+    assert json.loads((out / "state.json").read_text())["config_hash"] == now
+
+    # a different config into the same directory is refused, naming what differs
     changed = {**TINY, "seed": 3}
     code, _, err = cli(["run", write_cfg(tmp_path, changed, "other"), "--out", out], capsys)
-    assert code == 2 and "different config" in err
+    assert (
+        code == 2
+        and "different config (name: 'tiny' -> 'other'; seed: 0 -> 3)" in err
+        and err.count("\n") == 1
+    ), err
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,49 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
 
 
+def _stored_config(out_dir: Path) -> RunConfig | None:
+    """The run directory's ``config.yaml`` validated by today's schema, or None (missing, unreadable, invalid)."""
+    from prunekit.config import parse_config
+
+    try:
+        tree = yaml.safe_load((Path(out_dir) / "config.yaml").read_text(encoding="utf-8"))
+        return parse_config(tree) if isinstance(tree, dict) else None
+    except (OSError, yaml.YAMLError, PrunekitError):
+        return None
+
+
+def same_config(out_dir: Path, stored_hash: str | None, want: str) -> bool:
+    """Whether the run in ``out_dir`` (its ``state.json`` hash ``stored_hash``) is of the config hashing to ``want``:
+    the hashes agree, or the directory's ``config.yaml`` validates under today's schema to a config that hashes to
+    ``want`` (the run was written before a config field was added; the field's default fills the gap, and the
+    ``--smoke`` shrinking is already in ``config.yaml``)."""
+    if stored_hash == want:
+        return True
+    stored = _stored_config(out_dir)
+    return stored is not None and config_hash(stored) == want
+
+
+def config_differences(out_dir: Path, cfg: RunConfig, limit: int = 3) -> list[str]:
+    """Up to ``limit`` ``"key: stored -> now"`` lines between ``out_dir``'s ``config.yaml`` and ``cfg`` (dotted
+    keys); empty when the stored config cannot be read."""
+    stored = _stored_config(out_dir)
+    if stored is None:
+        return []
+    old, new = _flat(json.loads(stored.model_dump_json())), _flat(json.loads(cfg.model_dump_json()))
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    lines = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:limit]]
+    return lines + ([f"and {len(keys) - limit} more"] if len(keys) > limit else [])
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def resolved_spec(cfg: RunConfig, data: DataBundle | CustomDataBundle) -> str:
     """The model spec with ``num_classes`` / ``in_chans`` taken from the dataset (canonical string)."""
     spec = parse_spec(cfg.model)
@@ -151,25 +194,31 @@ class RunState:
     Re-running the same command resumes from here; a different config in the same directory is refused.
     """
 
-    def __init__(self, path: Path, config_hash: str) -> None:
-        self.path, self.hash = path, config_hash
+    def __init__(self, path: Path, config_hash: str, cfg: RunConfig | None = None) -> None:
+        self.path, self.hash, self.cfg = path, config_hash, cfg
         self.data: dict[str, Any] = {"config_hash": config_hash, "phases": {}}
 
     def load(self, out_dir: Path, *, overwrite: bool) -> None:
-        """Read ``state.json`` (after deleting ``out_dir`` when ``overwrite``).
+        """Read ``state.json`` (after deleting ``out_dir`` when ``overwrite``). A run written by an older prunekit,
+        whose ``config.yaml`` validates to this config under today's schema (a field added since, at its default),
+        resumes (:func:`same_config`).
 
         Raises:
-            PrunekitError: the directory holds a run of a different config.
+            PrunekitError: the directory holds a run of a different config (the message names up to three of the
+                keys that differ).
         """
         if overwrite and out_dir.exists():
             shutil.rmtree(out_dir)
         if self.path.is_file():
             data = json.loads(self.path.read_text())
-            if data.get("config_hash") != self.hash:
+            if not same_config(out_dir, data.get("config_hash"), self.hash):
+                diff = config_differences(out_dir, self.cfg) if self.cfg is not None else []
                 raise PrunekitError(
-                    f"{out_dir} holds a run of a different config; use --out DIR for a new run or --overwrite "
-                    "to replace it"
+                    f"{out_dir} holds a run of a different config"
+                    + (f" ({'; '.join(diff)})" if diff else "")
+                    + "; use --out DIR for a new run or --overwrite to replace it"
                 )
+            data["config_hash"] = self.hash
             self.data = data
 
     def keep_budget(self, budget: Budget | None) -> Budget | None:
@@ -202,7 +251,7 @@ class _Run:
         self.device = cfg.device
         self.wall: dict[str, float] = {}
         self.history: dict[str, list] = {}
-        self.state = RunState(out_dir / "state.json", config_hash(cfg))
+        self.state = RunState(out_dir / "state.json", config_hash(cfg), cfg)
         self.ledger = Ledger()  # the run directory's compute.json once the run is opened (_start)
 
     @property
