@@ -273,9 +273,8 @@ def run_cell(out: Path, task: int, entrant: str, seed: int, budget: float, smoke
         )
         split = tp_split(budget)
     else:
-        tr, split = tree(entrant, base, budget, r, str(pre / "baseline.pt") if pre else None)
-        if entrant == "multistage":
-            tr["method"]["final_ratio"] = multistage_ratio(base, r)
+        final = multistage_ratio(base, r) if entrant == "multistage" else None
+        tr, split = tree(entrant, base, budget, r, str(pre / "baseline.pt") if pre else None, final)
         if entrant == "jcw":
             tr["method"]["latency_lut"] = str(lut_path(out, task))
         rep, _, _ = run_cached(tr, d, entrant, overwrite=False, smoke=smoke, command=command)

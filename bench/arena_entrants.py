@@ -16,6 +16,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from prunekit.methods.multistage.schedules import stage_ratios
+
 RECIPE = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4, "schedule": "cosine", "warmup_epochs": 0.2}
 """Training from scratch and pretraining (the presets' Fashion-MNIST recipe)."""
 
@@ -83,11 +85,19 @@ def pretrain_tree(task_tree: dict, budget: float) -> dict:
     return tree
 
 
-def tree(entrant: str, task_tree: dict, budget: float, r: float, pretrained: str | None) -> tuple[dict, dict]:
+def tree(
+    entrant: str,
+    task_tree: dict,
+    budget: float,
+    r: float,
+    pretrained: str | None,
+    final_ratio: float | None = None,
+) -> tuple[dict, dict]:
     """``(prunekit run config tree, planned split in reference epochs)`` of a ``run`` entrant.
 
     ``task_tree``: the task's config (model, data, target, export); ``pretrained``: the shared pretraining's
-    ``baseline.pt`` for the entrants that prune a trained model."""
+    ``baseline.pt`` for the entrants that prune a trained model; ``final_ratio``: multistage's last stage (the
+    per-layer channel ratio removed that meets the MACs target), which sets how many stages share its budget."""
     t = copy.deepcopy(task_tree)
     rest = budget * (1 - PRETRAIN_SHARE)
     split: dict[str, float] = {}
@@ -110,10 +120,14 @@ def tree(entrant: str, task_tree: dict, budget: float, r: float, pretrained: str
         t["finetune"] = _recipe(rest / r, FINETUNE)
         split["finetune"] = rest
     elif entrant == "multistage":  # masked training: every stage epoch costs a reference epoch
-        stages = 4  # 1/8, 2/8, 3/8 then final_ratio (set by the arena to meet the MACs target)
+        if final_ratio is None:
+            raise ValueError("multistage needs final_ratio (the arena's multistage_ratio)")
+        # the 8stage ratios below final_ratio, then final_ratio itself: 0.5078 -> 1/8 ... 4/8, 0.5078 (5 stages)
+        stages = len(stage_ratios("8stage", final_ratio))
         stage = {**FINETUNE, "epochs": round(rest / stages, 3)}
         t["method"] = {
             "name": "multistage",
+            "final_ratio": final_ratio,
             "schedule": "8stage",
             "importance": "l1",
             "ranking": "per_layer",
