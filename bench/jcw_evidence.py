@@ -3,7 +3,7 @@
 Usage:
     OMP_NUM_THREADS=1 python bench/jcw_evidence.py [--config configs/resnet20-jcw.yaml] [--variants joint channels
         weights] [--budgets 0.5 0.65 0.8] [--seeds 0 1 2] [--runtime ort|deepsparse] [--deepsparse-python PY]
-        [--out bench/results/jcw] [--set KEY=VALUE ...] [--searches-only] [--overwrite] [--smoke]
+        [--out bench/results/jcw] [--set KEY=VALUE ...] [--searches-only] [--no-train] [--overwrite] [--smoke]
 
 For one model (``--config``: data, baseline recipe, JCW search settings, member recipe) and one runtime:
 
@@ -25,6 +25,8 @@ For one model (``--config``: data, baseline recipe, JCW search settings, member 
 
 Every run is a normal ``prunekit run`` directory; a finished one (same config hash) is skipped, so a killed sweep
 resumes; ``--searches-only`` stops after step 3 (the members train in a later call, which reuses the searches).
+Members train seed-major (every variant x budget at seed 0, then seed 1, ...), so a sweep stopped part-way still
+compares every variant at every budget; ``--no-train`` trains no member and summarises the ones already trained.
 Output: ``<out>/<runtime>/summary.{md,json}`` (mean ± std over seeds; a joint-vs-other difference not larger
 than the seed-to-seed spread is labelled noise) and ``fronts.png`` (the three fronts). ``--smoke``: tiny data and
 search, one seed, one budget; its numbers mean nothing.
@@ -42,7 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _study import compare, config_tree, load_avg, mean_std, run_cached, seeded
+from _study import compare, config_tree, finished, load_avg, mean_std, run_cached, seeded
 from prunekit.config import load_config, parse_config
 from prunekit.cost.runtimes import machine_signature
 from prunekit.io import write_json, write_text
@@ -170,6 +172,11 @@ def main() -> None:
         action="store_true",
         help="stop after the searches (fronts, hypervolumes, plot): the members train in a later call",
     )
+    ap.add_argument(
+        "--no-train",
+        action="store_true",
+        help="train nothing: summarise the members already trained (a partial sweep)",
+    )
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if args.smoke:
@@ -229,52 +236,54 @@ def main() -> None:
         for v, (rows, full) in fronts.items()
     }
     members: list[dict[str, Any]] = []
-    for v, (rows, full) in [] if args.searches_only else fronts.items():
-        for b in args.budgets:
-            m = _pick(rows, full, b)
+    picks = {(v, b): _pick(rows, full, b) for v, (rows, full) in fronts.items() for b in args.budgets}
+    for (v, b), m in [] if args.searches_only else picks.items():
+        if m is None:
+            print(f"  {v} @ {b:g}: no front member within the budget", flush=True)
+            members.append({"variant": v, "budget": b, "skipped": "no front member within the budget"})
+    # seed-major: every variant x budget once before any second seed, so a partial sweep compares them all
+    for s in [] if args.searches_only else args.seeds:
+        for (v, b), m in picks.items():
             if m is None:
-                print(f"  {v} @ {b:g}: no front member within the budget", flush=True)
-                members.append({"variant": v, "budget": b, "skipped": "no front member within the budget"})
                 continue
-            for s in args.seeds:
-                d = out / f"member-{v}-{b:g}" / f"seed{s}"
-                tree = _member_tree(
-                    base, out / f"search-{v}" / "front" / m["file"], s, f"jcw-{v}-{b:g}-seed{s}"
-                )
-                tree["baseline"] = {"checkpoint": ckpt, "train": None}
+            d = out / f"member-{v}-{b:g}" / f"seed{s}"
+            tree = _member_tree(base, out / f"search-{v}" / "front" / m["file"], s, f"jcw-{v}-{b:g}-seed{s}")
+            tree["baseline"] = {"checkpoint": ckpt, "train": None}
+            label = f"member {v} @ {b:g}, seed {s}"
+            if args.no_train:
+                rep = finished(parse_config(tree), d, args.smoke)
+                if rep is None:
+                    print(f"  {label}: not trained yet, left out (--no-train)", flush=True)
+                    continue
+                wall, ran = float(rep["wall_s"].get("total", 0.0)), False
+            else:
                 rep, wall, ran = run_cached(
-                    tree,
-                    d,
-                    f"member {v} @ {b:g}, seed {s}",
-                    overwrite=args.overwrite,
-                    smoke=args.smoke,
-                    command=command,
+                    tree, d, label, overwrite=args.overwrite, smoke=args.smoke, command=command
                 )
-                p, bl = rep["pruned"], rep["baseline"]
-                members.append(
-                    {
-                        "variant": v,
-                        "budget": b,
-                        "seed": s,
-                        "member": m["member"],
-                        "predicted_ratio": m["predicted_ms"] / full,
-                        "mean_density": m["mean_density"],
-                        "mean_width_ratio": m["mean_width_ratio"],
-                        "top1": p["top1"],
-                        "macs": p["macs"],
-                        "effective_macs": p.get("effective_macs"),
-                        "params": p["params"],
-                        "latency_ms": p.get("latency_ms"),
-                        "latency_ratio": (p["latency_ms"] / bl["latency_ms"])
-                        if p.get("latency_ms")
-                        else None,
-                        "latency_ms_batch": p.get("latency_ms_batch"),
-                        "wall_s": wall,
-                        "load_avg": load_avg() if ran else None,
-                        "cpu": (rep.get("machine") or {}).get("cpu")
-                        or (machine_signature("ort", 1)["cpu"] if ran else None),
-                    }
-                )
+            full = fronts[v][1]
+            p, bl = rep["pruned"], rep["baseline"]
+            members.append(
+                {
+                    "variant": v,
+                    "budget": b,
+                    "seed": s,
+                    "member": m["member"],
+                    "predicted_ratio": m["predicted_ms"] / full,
+                    "mean_density": m["mean_density"],
+                    "mean_width_ratio": m["mean_width_ratio"],
+                    "top1": p["top1"],
+                    "macs": p["macs"],
+                    "effective_macs": p.get("effective_macs"),
+                    "params": p["params"],
+                    "latency_ms": p.get("latency_ms"),
+                    "latency_ratio": (p["latency_ms"] / bl["latency_ms"]) if p.get("latency_ms") else None,
+                    "latency_ms_batch": p.get("latency_ms_batch"),
+                    "wall_s": wall,
+                    "load_avg": load_avg() if ran else None,
+                    "cpu": (rep.get("machine") or {}).get("cpu")
+                    or (machine_signature("ort", 1)["cpu"] if ran else None),
+                }
+            )
     summary = _summarize(args, hv, ref, fronts, searches, members)
     write_json(out / "summary.json", summary)
     write_text(out / "summary.md", _markdown(summary, command))

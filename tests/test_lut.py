@@ -194,6 +194,11 @@ def test_an_interrupted_build_resumes_where_it_stopped(monkeypatch, tmp_path):
     table = build_table(model, SHAPE, path, points=3, groups=(1,), overhead=fake_overhead)
     assert len(calls) == len(table.entries) - 2  # only the signatures not measured before
     assert table.complete
+    # resuming a complete table measures nothing and leaves the file byte for byte as it was
+    before = path.read_bytes()
+    calls.clear()
+    again = build_table(model, SHAPE, path, points=3, groups=(1,), overhead=fake_overhead)
+    assert calls == [] and path.read_bytes() == before and again.build_s == table.build_s
     with pytest.raises(PrunekitError, match="other points"):
         build_table(model, SHAPE, path, points=4, groups=(1,), overhead=fake_overhead)
 

@@ -457,6 +457,8 @@ def build_table(
             table.save(out)
     finally:
         bar.close()
+    if not todo and (overhead is None or table.overhead is not None) and Path(out).is_file():
+        return table  # a complete table, resumed: nothing measured, the file is left as it was
     if overhead is not None and table.overhead is None:
         table.overhead = overhead(table, space)
     table.build_s += time.perf_counter() - t_start
