@@ -89,7 +89,9 @@ def task_tree(task: int, seed: int, out: Path, smoke: bool = False) -> dict:
     target = dict(t["target"])
     if "latency_ratio" in target:
         target["latency_lut"] = str(lut_path(out, task))
-        if smoke:  # the smoke table (2 points, 1 round) puts its floor near 0.5: smoke checks plumbing, not numbers
+        if (
+            smoke
+        ):  # the smoke table (2 points, 1 round) puts its floor near 0.5: smoke checks plumbing, not numbers
             target["latency_ratio"] = 0.8
     base = {
         "name": f"arena-task{task}",
