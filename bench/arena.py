@@ -89,9 +89,8 @@ def task_tree(task: int, seed: int, out: Path, smoke: bool = False) -> dict:
     target = dict(t["target"])
     if "latency_ratio" in target:
         target["latency_lut"] = str(lut_path(out, task))
-        if (
-            smoke
-        ):  # the smoke table (2 points, 1 round) puts its floor near 0.5: smoke checks plumbing, not numbers
+        # the smoke table (2 points, 1 round) puts its floor near 0.5: smoke checks plumbing, not numbers
+        if smoke:
             target["latency_ratio"] = 0.8
     base = {
         "name": f"arena-task{task}",
@@ -321,9 +320,7 @@ def _rows(out: Path) -> list[dict]:
     rows = []
     for p in sorted(out.glob("task*/*/seed*/cell.json")):
         row = json.loads(p.read_text())
-        if (
-            "reference_epochs_forward" not in row
-        ):  # a cell from before the split was recorded: from its ledgers
+        if "reference_epochs_forward" not in row:  # a cell from before the split was recorded
             row["reference_epochs_forward"] = _forward_of(p.parent, row)
         rows.append(row)
     return rows

@@ -90,9 +90,8 @@ def test_every_entrant_of_every_task_is_a_valid_config_that_plans_the_whole_budg
                 cfg = parse_config(t)  # every option exists and validates
                 assert cfg.method.name == ("uniform" if name == "dense" else name)
                 assert (cfg.baseline.checkpoint is not None) == e.pretrained, name
-                if (
-                    name == "multistage"
-                ):  # the stages it will run (1/8 ... 4/8, 0.5078) share its planned epochs
+                # multistage: the stages it will run (1/8 ... 4/8, 0.5078) share its planned epochs
+                if name == "multistage":
                     assert cfg.method.final_ratio == final
                     run = 5 * cfg.method.stage.epochs
                     assert run == pytest.approx(split["stages (masked, dense cost)"], rel=1e-3)
