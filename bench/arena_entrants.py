@@ -13,6 +13,7 @@ reference model, :func:`pretrain_tree`); its compute is charged to each of them.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,10 +181,14 @@ def tree(
         entrant == "jcw"
     ):  # supernet from the pretrained net, masked in place (dense cost); member from scratch
         sup = 0.15 * budget
+        # widths scale MACs about quadratically: bounds around sqrt(r) on every tag (a gene's lower bound is the
+        # max of its tags' bounds, so the seed's residual 0.9 would keep ResNet-20 above 50% of the MACs)
+        lo, hi = round(0.6 * math.sqrt(r), 2), round(min(1.0, 1.5 * math.sqrt(r)), 2)
         t["method"] = {
             "name": "jcw",
             "weights": False,
             "group_size": 4,
+            "width_bounds": {tag: [lo, hi] for tag in ("all", "first", "last", "strided", "residual")},
             "supernet": {
                 "cns": {**FINETUNE, "epochs": round(sup * 0.4, 3)},
                 "wp": {**FINETUNE, "epochs": round(sup * 0.6, 3)},
