@@ -234,9 +234,11 @@ def _reference_epochs(d: Path, reference_macs: float, train_images: int) -> tupl
 
 
 def forward_epochs(compute: dict) -> float:
-    """The forward-only part of a ``compute`` summary (validation after each epoch, search evaluations, BN
-    recalibration), in reference epochs: a forward pass costs a third of a training pass, so validating 6,000 images
-    after each of 16 epochs on 10,000 training images is 16 x 6,000 / (3 x 10,000) = 3.2 reference epochs."""
+    """The forward-only part of a ``compute`` summary in reference epochs (its ``forward_reference_epochs``,
+    :meth:`prunekit.train.compute.Ledger.summary`; worked out from the phases for cells written before the summary
+    reported it)."""
+    if "forward_reference_epochs" in compute:
+        return float(compute["forward_reference_epochs"])
     ref, n = float(compute.get("reference_macs") or 0.0), int(compute.get("train_images") or 0)
     if ref <= 0 or n <= 0:
         return 0.0

@@ -91,6 +91,15 @@ def test_every_entrant_of_every_task_is_a_valid_config_that_plans_the_whole_budg
                 assert cfg.method.name == ("uniform" if name == "dense" else name)
                 assert (cfg.baseline.checkpoint is not None) == e.pretrained, name
                 # multistage: the stages it will run (1/8 ... 4/8, 0.5078) share its planned epochs
+                if name == "jcw":  # its width bounds span the MACs target (the seed's residual 0.9 did not)
+                    from arena import _space
+                    from prunekit.space import uniform_widths
+
+                    space, cost = _space(base)
+                    full = cost.cost().macs
+                    ((lo, hi),) = {tuple(b) for b in cfg.method.width_bounds.values()}
+                    small, large = (cost.macs(uniform_widths(space, m, round_to=4)) for m in (lo, hi))
+                    assert small < 0.25 * full < large, (task, small / full, large / full)
                 if name == "multistage":
                     assert cfg.method.final_ratio == final
                     run = 5 * cfg.method.stage.epochs

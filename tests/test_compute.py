@@ -79,6 +79,12 @@ def test_evaluate_and_bn_recalibration_charge_forward_passes_per_phase():
     s = ledger.summary(reference_macs=per_image, train_images=30)
     assert s["phases"]["search"]["reference_epochs"] == pytest.approx(30 / (TRAIN_FACTOR * 30))
     assert s["reference_epochs"] == pytest.approx(60 / (TRAIN_FACTOR * 30))
+    assert s["forward_reference_epochs"] == pytest.approx(60 / (TRAIN_FACTOR * 30))  # all of it: no training
+    with use_ledger(ledger), ledger.in_phase("evaluate"):
+        evaluate(net, data)  # a measurement phase: in the phases, not in the totals
+    s = ledger.summary(reference_macs=per_image, train_images=30)
+    assert s["phases"]["evaluate"]["forward_macs"] == pytest.approx(30 * per_image)
+    assert s["forward_reference_epochs"] == pytest.approx(60 / (TRAIN_FACTOR * 30))
 
 
 def test_a_corrupt_ledger_is_one_clear_error(tmp_path):

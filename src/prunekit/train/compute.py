@@ -143,13 +143,17 @@ class Ledger:
 
     def summary(self, reference_macs: float, train_images: int) -> dict[str, Any]:
         """The report's ``compute`` section: per phase and in total, MACs and reference epochs (one training epoch
-        of a model of ``reference_macs`` forward MACs over ``train_images`` images)."""
+        of a model of ``reference_macs`` forward MACs over ``train_images`` images); ``forward_reference_epochs``:
+        the part of the total spent in forward-only passes (validation, search evaluations, BN recalibration; a
+        forward pass costs ``1 / TRAIN_FACTOR`` of a training pass, so validating 6,000 images after each of 16
+        epochs on 10,000 training images is 16 x 6,000 / (3 x 10,000) = 3.2 reference epochs)."""
         epoch = TRAIN_FACTOR * float(reference_macs) * max(1, int(train_images))
         phases = {}
         for name, p in self.phase_macs().items():
             total = p["train_macs"] + p["forward_macs"]
             phases[name] = {**p, "total_macs": total, "reference_epochs": total / epoch}
-        total = sum(p["total_macs"] for k, p in phases.items() if k not in MEASUREMENT_PHASES)
+        counted = {k: p for k, p in phases.items() if k not in MEASUREMENT_PHASES}
+        total = sum(p["total_macs"] for p in counted.values())
         return {
             "reference_macs": float(reference_macs),
             "train_images": int(train_images),
@@ -158,6 +162,7 @@ class Ledger:
             "excluded": [k for k in phases if k in MEASUREMENT_PHASES],
             "total_macs": total,
             "reference_epochs": total / epoch,
+            "forward_reference_epochs": sum(p["forward_macs"] for p in counted.values()) / epoch,
         }
 
 
