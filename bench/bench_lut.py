@@ -13,6 +13,7 @@ Usage::
     OMP_NUM_THREADS=1 python bench/bench_lut.py                  # every case
     OMP_NUM_THREADS=1 python bench/bench_lut.py --cases resnet20-fmnist
     OMP_NUM_THREADS=1 python bench/bench_lut.py --cases resnet20-fmnist --recalibrate   # new overhead, same grids
+    OMP_NUM_THREADS=1 python bench/bench_lut.py --out bench/results/lut-avx512   # another machine's results
 
 It does not compare runtimes (ONNX Runtime only) and measures on whatever load the machine has: the eval reports
 the measurement noise beside the error, and the ratio error (each plan timed back to back with the unpruned model)
@@ -73,14 +74,16 @@ def _speed(model: str, size: int, lut: Path, n: int = 4000) -> float:
     return n / best
 
 
-def run_case(tag: str, case: dict, weights: bool, recalibrate: bool = False, rounds: int = 3) -> dict:
-    OUT.mkdir(parents=True, exist_ok=True)
-    lut = OUT / f"{tag}.lut.json"
+def run_case(
+    tag: str, case: dict, weights: bool, recalibrate: bool = False, rounds: int = 3, out: Path = OUT
+) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    lut = out / f"{tag}.lut.json"
     if recalibrate and lut.is_file():  # keep the layer grids, measure the overhead and the evals again
         table = json.loads(lut.read_text())
         table["overhead"] = None
         lut.write_text(json.dumps(table, indent=1) + "\n")
-        for ev in OUT.glob(f"{tag}.eval-b*.json"):
+        for ev in out.glob(f"{tag}.eval-b*.json"):
             ev.unlink()
     common = [case["model"], "--input-size", str(case["size"])]
     facts: dict = {"tag": tag, **case}
@@ -92,7 +95,7 @@ def run_case(tag: str, case: dict, weights: bool, recalibrate: bool = False, rou
     facts["signatures"] = len(table["entries"])
     facts["layers"] = len(table["layer_entry"])
     for b in case["batches"]:
-        ev = OUT / f"{tag}.eval-b{b}.json"
+        ev = out / f"{tag}.eval-b{b}.json"
         if not ev.is_file():
             extra = ["--weights"] if weights else []
             _run(
@@ -149,15 +152,18 @@ def main() -> None:
     ap.add_argument(
         "--rounds", type=int, default=3, help="interleaved timing rounds of the evals (default 3)"
     )
+    ap.add_argument(
+        "--out", type=Path, default=OUT, help="results folder (default bench/results/lut; one per machine)"
+    )
     args = ap.parse_args()
     rows = []
-    summary = OUT / "summary.json"
+    summary = args.out / "summary.json"
     old = {r["tag"]: r for r in json.loads(summary.read_text())} if summary.is_file() else {}
     for tag in args.cases.split(","):
-        rows.append(run_case(tag, CASES[tag], args.weights, args.recalibrate, args.rounds))
+        rows.append(run_case(tag, CASES[tag], args.weights, args.recalibrate, args.rounds, args.out))
         old[tag] = rows[-1]
         summary.write_text(json.dumps(list(old.values()), indent=1) + "\n")
-        (OUT / "summary.md").write_text(_markdown(list(old.values())))
+        (args.out / "summary.md").write_text(_markdown(list(old.values())))
         print(_markdown(rows[-1:]), flush=True)
 
 

@@ -124,6 +124,29 @@ def test_predictions_are_monotone_vectorised_and_use_the_unaligned_grid(monkeypa
     assert lm.predict(plan) == pytest.approx(lm(aligned))
 
 
+def test_narrow_layers_below_the_channel_unit_are_measured_not_floored(monkeypatch, tmp_path):
+    """A conv with fewer input channels than ONNX Runtime's block runs blocked at a cost that still falls with them
+    (the input is read directly): the table measures counts below the unit, so a plan at 1-3 channels per group is
+    predicted cheaper than one at the unit (before: every count under the unit read as the unit -- a floor)."""
+    fake_time(monkeypatch)
+    model = create_model("resnet20")
+    table = build_table(
+        model, (1, 3, 32, 32), tmp_path / "t.json", points=5, groups=(1,), overhead=fake_overhead
+    )
+    e = table.entries[table.layer_entry["layer1.0.conv2"]]
+    assert e.grids["1"].c_in[:3] == [1, 2, 4] and e.grids["1u"].c_out[0] == 1
+    space = ChannelSpace.build(model, (1, 3, 32, 32), quiet=True)
+    lm = LatencyModel(table, space)
+    group = next(i for i, g in enumerate(space.groups) if g.name == "layer1.0.conv1")  # conv1 -> conv2
+    w = space.channels.copy()
+    w[group] = 3  # layer1.0.conv2 reads 3 channels: blocked (< 8), computed on 16 output channels
+    got = float(lm.layer_ms(w[None])["layer1.0.conv2"][0])
+    assert got == pytest.approx(1e-6 * 32 * 32 * 9 * 3 * 16 * 2.0, rel=1e-9)  # linear in c_in between 2 and 4
+    one = np.ones_like(space.channels)
+    unit = np.minimum(space.channels, 8)
+    assert lm(one) < 0.5 * lm(unit)
+
+
 def test_a_depthwise_conv_off_multiples_of_4_reads_its_own_unblocked_grid(monkeypatch, tmp_path):
     """ONNX Runtime blocks a depthwise conv only at channel counts that are multiples of 4 (off them it costs ~2.3x
     on this machine): the table must measure such counts (``1o``), not read the blocked ones of ``1u``."""

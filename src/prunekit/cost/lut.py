@@ -13,12 +13,14 @@ module builds such a table for any model of a :class:`~prunekit.space.channels.C
   input channels are not multiples without the blocked kernels, :mod:`~prunekit.cost.ort_layout`: a cost of its
   own, which on this project's AVX2 machine is lower again for input counts that are multiples of half the block
   -- ``grids["1u"]`` samples those, ``grids["1o"]`` the others); an axis fed by fixed channels (the image, a
-  dropped group) has one point. Group counts ``groups`` (GConv) are
+  dropped group) has one point. Below the unit, points at one channel and fractions of the unit
+  (:func:`_small_counts`: a narrow layer's cost still falls there; without them the table had a floor). Group
+  counts ``groups`` (GConv) are
   measured for dense convs on the points they divide; weight densities ``densities`` at full width, as a factor
   over the dense time (ONNX Runtime and torch do not skip zero weights: the factor is ~1, and the table shows it).
 * **Overhead**: what the layers do not cover (activations, pooling, adds, concatenations, layout reorders, the
   per-call cost every layer paid alone) is the measured whole-model latency minus the sum of the layer
-  predictions, at twelve calibration widths; :class:`Overhead` fits it linearly on per-plan features (ONNX
+  predictions, at thirteen calibration widths; :class:`Overhead` fits it linearly on per-plan features (ONNX
   Runtime: the reorders the layers paid alone, the reorders and unfused adds of the model's layout,
   :class:`~prunekit.cost.ort_layout.OrtLayout`; other runtimes: the layers' aligned and unaligned traffic).
 * **Signature**: runtime and version, threads, CPU model and ISA, batch sizes; :func:`load_table` refuses a table
@@ -241,6 +243,16 @@ def _unaligned(points: list[int], unit: int, multiple: int, fixed: bool, offset:
     return out or points
 
 
+def _below(points: list[int], unit: int, multiple: int, candidates: Sequence[int]) -> list[int]:
+    """Grid points under the smallest of ``points``: each of ``candidates`` (fractions of ``unit``; 1 = one
+    channel), rounded down to a multiple of ``multiple`` (at least ``multiple``), that is below ``points[0]``."""
+    if unit <= 1 or not points:
+        return []
+    return sorted(
+        {max(multiple, c // multiple * multiple) for c in candidates if c < points[0]} - set(points)
+    )
+
+
 def _layer_config(mod: nn.Module, kind: str, spatial: tuple[int, ...]) -> dict[str, Any]:
     if kind == "linear":
         return {"kind": "linear", "in_spatial": list(spatial), "bias": mod.bias is not None}
@@ -268,8 +280,11 @@ def plan_entries(
     points: int,
     groups: Sequence[int],
     densities: Sequence[float],
+    blocked_small_inputs: bool = True,
 ) -> tuple[dict[str, Entry], dict[str, str]]:
-    """The table's entries (not yet measured) and ``{layer: entry key}`` for every conv / linear of ``space``."""
+    """The table's entries (not yet measured) and ``{layer: entry key}`` for every conv / linear of ``space``
+    (``blocked_small_inputs``: the runtime runs convs with fewer inputs than the unit blocked, ONNX Runtime's rule;
+    see :func:`_small_counts`)."""
     cm = CostModel(space)
     names = [n for n in cm.names if space.layers[n].kind in ("conv", "linear")]
     spatial = _input_spatial(model, names, space.input_shape)
@@ -335,7 +350,42 @@ def plan_entries(
                 )
                 if grid.c_in and grid.c_out:
                     e.grids[str(g)] = grid
+        if u_in > 1 or u_out > 1:  # after the G grids: those keep the aligned points
+            _small_counts(e, s.depthwise, in_fixed, out_fixed, base_groups, blocked_small_inputs)
     return entries, layer_entry
+
+
+def _small_counts(
+    e: Entry, depthwise: bool, in_fixed: bool, out_fixed: bool, multiple: int, blocked_small_inputs: bool
+) -> None:
+    """Add grid points below the channel unit (in place), where a pruned layer's cost still changes: without them
+    a 4-channel layer reads as its smallest grid point (the unit, or half of it) and the table has a floor that
+    narrow plans sit on.
+
+    * ``blocked_small_inputs`` (ONNX Runtime): a conv with fewer input channels than the block runs blocked,
+      reading its NCHW input directly, at a cost about linear in those channels (measured on AVX-512, 3x3 conv
+      28x28 -> 16: 0.016 ms at 1 input channel, 0.030 at 8, 0.059 at 16), so the aligned grid gets inputs
+      ``1, unit/4, unit/2``; its outputs are padded to the block and need none.
+    * Unaligned grids (``1u`` / ``1o``): outputs ``1, unit/4`` (an unblocked conv's cost falls with its outputs:
+      0.052 ms at 1, 0.085 at 8, 0.11 at 16 for 23 inputs); inputs the same on runtimes without ONNX Runtime's
+      rule (there a narrow input is unaligned); a depthwise conv's one count only ``1`` on ``1o`` (its other
+      small counts are multiples of the alignment: blocked)."""
+    u_in, u_out = e.in_unit, e.out_unit
+    g1 = e.grids["1"]
+    if blocked_small_inputs and not (in_fixed or depthwise):
+        g1.c_in = _below(g1.c_in, u_in, multiple, (1, u_in // 4, u_in // 2)) + g1.c_in
+    for key in ("1u", "1o"):
+        grid = e.grids.get(key)
+        if grid is None:
+            continue
+        if depthwise:
+            if key == "1o" and not out_fixed:
+                grid.c_out = _below(grid.c_out, u_out, 1, (1,)) + grid.c_out
+            continue
+        if not out_fixed:
+            grid.c_out = _below(grid.c_out, u_out, multiple, (1, u_out // 4)) + grid.c_out
+        if not blocked_small_inputs and not in_fixed:
+            grid.c_in = _below(grid.c_in, u_in, multiple, (1, u_in // 4)) + grid.c_in
 
 
 def _cfg(e: Entry, c_in: int, c_out: int, g: int, density: float = 1.0) -> LayerConfig:
@@ -425,7 +475,13 @@ def build_table(
     unit = int(unit or (channel_multiple() if runtime in ("ort", "torch") else 1))
     space = ChannelSpace.build(model, tuple(input_shape), quiet=True)
     entries, layer_entry = plan_entries(
-        model, space, unit=unit, points=points, groups=groups, densities=densities
+        model,
+        space,
+        unit=unit,
+        points=points,
+        groups=groups,
+        densities=densities,
+        blocked_small_inputs=runtime == "ort",
     )
     table = LatencyTable(
         model=spec,

@@ -77,21 +77,23 @@ class EvalResult:
 
 
 def random_plans(
-    space: ChannelSpace, unit: int, n: int, *, seed: int = 0, weights: bool = False
+    space: ChannelSpace, unit: int, n: int, *, seed: int = 0, weights: bool = False, low: float = 0.1
 ) -> list[tuple[str, Plan]]:
-    """``n`` labelled plans: uniform multipliers and random per-group widths, rounded to ``unit`` and unrounded;
-    with ``weights``, every third plan also gets a density 0.5 and 2-group convs where legal."""
+    """``n`` labelled plans: uniform multipliers in ``[low, 1)`` and random per-group widths (each group in
+    ``[low, 1)`` of its channels), rounded to ``unit`` and unrounded; with ``weights``, every third plan also gets
+    a density 0.5 and 2-group convs where legal. The default ``low`` reaches below the channel unit of narrow
+    layers (a 16-channel layer at 2 channels), where a search's small budgets put them."""
     rng = np.random.default_rng(seed)
     plans: list[tuple[str, Plan]] = []
     for k in range(n):
         rounded = k % 2 == 0
         step = unit if rounded else 1
         if k % 4 < 2:
-            mult = float(rng.uniform(0.25, 1.0))
+            mult = float(rng.uniform(low, 1.0))
             widths = uniform_widths(space, mult, round_to=step, min_channels=1)
             label = f"uniform x{mult:.2f}"
         else:
-            widths = random_widths(space, rng, low=0.2, round_to=step)
+            widths = random_widths(space, rng, low=low, round_to=step)
             label = "random widths"
         plan = plan_from_widths(space, widths)
         label += f", {'rounded to ' + str(unit) if rounded else 'unrounded'}"

@@ -315,8 +315,8 @@ def random_widths(space: ChannelSpace, rng: np.random.Generator, *, low: float, 
 
 # ---------------------------------------------------------------------------------------------- overhead
 def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, rounds: int = 3):
-    """A :func:`~prunekit.cost.lut.build_table` ``overhead`` callback: time the whole model at twelve calibration
-    widths (full; uniform and random, aligned to the table's unit and not) plus, when the table measured 2-group
+    """A :func:`~prunekit.cost.lut.build_table` ``overhead`` callback: time the whole model at thirteen calibration
+    widths (full; uniform and random, aligned to the table's unit and not, one uniform x0.15) plus, when the table measured 2-group
     convs, two aligned plans with every legal dense conv at 2 groups, in ``runtime``, and fit the residual over the
     layer predictions (:class:`~prunekit.cost.lut.Overhead`)."""
 
@@ -325,7 +325,7 @@ def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, r
         calib = {"full": space.channels}
         for mult in (0.3, 0.5, 0.75):
             calib[f"uniform x{mult}, aligned"] = uniform_widths(space, mult, round_to=table.unit)
-        for mult in (0.4, 0.55, 0.7, 0.85):
+        for mult in (0.15, 0.4, 0.55, 0.7, 0.85):  # x0.15: the narrow plans, below the channel unit
             calib[f"uniform x{mult}, unaligned"] = uniform_widths(space, mult, round_to=1)
         for k, step in enumerate((table.unit, 1, table.unit, 1)):
             label = f"random widths {k + 1}, {'aligned' if step > 1 else 'unaligned'}"
