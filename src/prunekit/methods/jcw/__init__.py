@@ -12,8 +12,9 @@ Zhao et al., "Joint Channel and Weight Pruning for Model Acceleration on Mobile 
 2. **Search** (:mod:`prunekit.methods.jcw.search`): a weight-sharing supernet (first-k channels + block-sparse
    masks) trained on a seeded per-class proxy split of the training data; objectives (proxy validation loss after
    BN recalibration, latency predicted by a latency table, :mod:`prunekit.cost.predict`); NSGA-II with the seed's
-   operators and its target-latency selection (:meth:`~prunekit.search.nsga2.NSGA2Config.jcw`). Checkpointed every
-   generation.
+   operators and its target-latency selection (:meth:`~prunekit.search.nsga2.NSGA2Config.jcw`; under a MACs or
+   params budget the target latencies stop at the widest uniform width within it, :func:`target_span`).
+   Checkpointed every generation.
 3. **Front** (:mod:`prunekit.methods.jcw.front`): ``<out>/front/member-{i}.json`` plans, ``front.json``,
    ``jcw/front.png``.
 4. **The deployed member**: the front member with the lowest proxy loss that meets the run's budget (a latency
@@ -352,9 +353,7 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
         )
     _check_train_budgets(cfg, lat_lo, full_ms)
     proxy = proxy_task(ctx, cfg)
-    # targets between the two bound encodings' latencies, in either order: where density buys no time (ONNX
-    # Runtime) the all-lower-bound encoding of a weight-only search is the slower one
-    span = (min(lat_lo, lat_hi), max(lat_lo, lat_hi))
+    span, capped = target_span(ctx, lm, lat_lo, lat_hi)
     searcher = NSGA2(enc.bounds, nsga_cfg, seed=ctx.seed, target_range=span, latency_objective=1)
     out = Path(ctx.out_dir)
     supernet = fresh_model(ctx) if cfg.supernet.init == "scratch" else _copy(ctx.model)
@@ -364,6 +363,7 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
         cfg.model_dump(exclude={"member", "train", "measure_front"}),
         lm.table.machine,
         ctx.seed,
+        *([span] if capped else []),  # runs without a cap keep the fingerprint they were written with
     )
     outcome = run_search_phase(
         model=supernet,
@@ -416,6 +416,35 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
             "figures": figures,
         },
     )
+
+
+def target_span(
+    ctx: MethodContext, lm: LatencyModel, lat_lo: float, lat_hi: float
+) -> tuple[tuple[float, float], bool]:
+    """``((low, high) ms, capped)``: the range JCW's target latencies are sampled from.
+
+    The seed samples them between the predicted latencies of the all-lower- and all-upper-bound encodings
+    (``seed-methods.md`` §1.5), in either order here (where density buys no time, a weight-only search's
+    all-lower-bound encoding is the slower one). The seed only knows latency budgets; prunekit's may be MACs or
+    params alone. Then the high end stops at the predicted latency of the widest uniform width within that budget
+    (``capped``), so the targets, and with them the front, sit where the budget's members are instead of above it
+    (a MACs target of 25% on ResNet-20 otherwise gets a front at 58-71% of the latency and no member within it)."""
+    lo, hi = min(lat_lo, lat_hi), max(lat_lo, lat_hi)
+    budget = require_budget(ctx, "jcw")
+    metrics = budget.metrics_constrained
+    if not metrics or "latency_ms" in metrics:
+        return (lo, hi), False
+    from prunekit.space import uniform_widths
+
+    a, b = 0.0, 1.0
+    for _ in range(30):  # the widest uniform multiplier within the budget
+        m = (a + b) / 2
+        if budget.satisfied(uniform_widths(ctx.space, m, round_to=1)):
+            a = m
+        else:
+            b = m
+    cap = float(lm(uniform_widths(ctx.space, a, round_to=1)))
+    return (lo, max(lo, min(hi, cap))), cap < hi
 
 
 def _measure_front(
