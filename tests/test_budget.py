@@ -236,3 +236,37 @@ def test_pipeline_reports_every_constraint(tmp_path, capsys, monkeypatch, method
     # resume keeps the resolved constraints (a latency limit is measured once)
     state = json.loads((out / "state.json").read_text())
     assert [c["metric"] for c in state["budget"]] == [r["metric"] for r in report["constraints"]]
+
+
+def test_a_latency_target_one_channel_per_group_misses_but_one_block_meets_is_reachable(monkeypatch):
+    """On ONNX Runtime one channel per group is not the fastest plan (counts off the channel block run unblocked):
+    a latency target that only one block per group meets must not be refused as below the smallest model."""
+    from prunekit import pipeline
+    from prunekit.config import parse_config
+    from prunekit.cost import latency as latency_mod
+    from prunekit.cost.macs import CostModel
+    from prunekit.models import create_model
+    from prunekit.space import ChannelSpace
+
+    monkeypatch.setattr(latency_mod, "channel_multiple", lambda: 8)
+    model = create_model(SPEC).eval()
+    cost = CostModel(ChannelSpace.build(model, (1, 3, 32, 32), quiet=True))
+
+    def lat(widths):  # unblocked counts (not multiples of 8) cost 10x
+        w = np.asarray(widths, dtype=float)
+        return float(np.sum(w * np.where(w % 8 == 0, 1.0, 10.0))) / 100.0
+
+    lat.source = "predicted"
+    monkeypatch.setattr(pipeline, "_latency_fn", lambda *a: lat)
+    block = lat(cost.space.channels.clip(max=8))
+    for limit, ok in ((1.01 * block, True), (0.5 * block, False)):
+        tree = {"model": SPEC, "data": {"name": "digits"}, "target": {"latency_ms": limit}}
+        cfg = parse_config({**tree, "method": {"name": "uniform"}})
+        assert lat(cost.space.channels * 0 + 1) > limit  # one channel per group misses either
+        if ok:
+            assert pipeline.build_budget(cfg, cost, model, (1, 3, 32, 32)).satisfied(
+                cost.space.channels.clip(max=8)
+            )
+        else:
+            with pytest.raises(PrunekitError, match="below the smallest model"):
+                pipeline.build_budget(cfg, cost, model, (1, 3, 32, 32))
