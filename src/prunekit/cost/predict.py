@@ -316,9 +316,9 @@ def random_widths(space: ChannelSpace, rng: np.random.Generator, *, low: float, 
 # ---------------------------------------------------------------------------------------------- overhead
 def measure_overhead(model: nn.Module, runtime: str = "ort", threads: int = 1, rounds: int = 3):
     """A :func:`~prunekit.cost.lut.build_table` ``overhead`` callback: time the whole model at thirteen calibration
-    widths (full; uniform and random, aligned to the table's unit and not, one uniform x0.15) plus, when the table measured 2-group
-    convs, two aligned plans with every legal dense conv at 2 groups, in ``runtime``, and fit the residual over the
-    layer predictions (:class:`~prunekit.cost.lut.Overhead`)."""
+    widths (full; uniform and random, aligned to the table's unit and not, one uniform x0.15) plus, when the table
+    measured 2-group convs, two aligned plans with every legal dense conv at 2 groups, in ``runtime``, and fit the
+    residual over the layer predictions (:class:`~prunekit.cost.lut.Overhead`)."""
 
     def measure(table: LatencyTable, space: ChannelSpace) -> Overhead:
         rng = np.random.default_rng(0)

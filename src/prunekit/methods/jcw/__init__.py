@@ -351,9 +351,8 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
             f"of the predicted latency, {ctx.cost.cost(smallest).macs / ctx.cost.cost().macs:.0%} of the MACs) "
             f"misses the budget ({ctx.budget.describe()}): lower method.width_bounds / density_bounds or raise the target"
         )
-    if (
-        not ctx.smoke
-    ):  # a smoke table (2 points, 1 round) misplaces the floor; its picks fall back to the fastest
+    # a smoke table (2 points, 1 round) misplaces the floor; a smoke run's picks fall back to the fastest member
+    if not ctx.smoke:
         _check_train_budgets(cfg, lat_lo, full_ms)
     proxy = proxy_task(ctx, cfg)
     span, capped = target_span(ctx, lm, lat_lo, lat_hi)
