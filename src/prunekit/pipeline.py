@@ -170,16 +170,18 @@ def build_budget(
             f"{', '.join(supported)}); use uniform or magnitude, or give target.macs_ratio"
         )
     budget = Budget.from_target(target, cost, latency=lambda: _latency_fn(cfg, cost, model, input_shape))
-    one = cost.space.channels * 0 + 1
     if "latency_ms" in budget.metrics_constrained:
         # one channel per group is the floor of MACs and params, not of latency: ONNX Runtime runs counts off its
         # channel block unblocked (Fashion-MNIST MobileNetV2 x0.5: 1 channel per group measured at 69% of the
         # unpruned latency, uniform x0.34 rounded to 16 channels at 46%), so one block per group may be faster
-        from prunekit.cost.latency import channel_multiple
+        from prunekit.cost.latency import channel_multiple  # looked up per call: the machine's block
+        from prunekit.search.fit import min_widths
 
-        if budget.satisfied(cost.space.channels.clip(max=channel_multiple())):
+        if budget.satisfied(min_widths(cost.space, round_to=channel_multiple())):
             return budget
-    budget.require_reachable(one, who="prunekit", how="one channel per group", fix="raise the target")
+    budget.require_reachable(
+        cost.space.channels * 0 + 1, who="prunekit", how="one channel per group", fix="raise the target"
+    )
     return budget
 
 

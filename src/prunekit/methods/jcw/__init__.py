@@ -66,6 +66,7 @@ from prunekit.search.encoding import (
     GeneEncoding,
     WidthGenes,
 )
+from prunekit.search.fit import fit_uniform
 from prunekit.search.nsga2 import NSGA2, NSGA2Config
 from prunekit.space import Plan
 from prunekit.train import TrainConfig
@@ -436,16 +437,8 @@ def target_span(
     metrics = budget.metrics_constrained
     if not metrics or "latency_ms" in metrics:
         return (lo, hi), False
-    from prunekit.space import uniform_widths
-
-    a, b = 0.0, 1.0
-    for _ in range(30):  # the widest uniform multiplier within the budget
-        m = (a + b) / 2
-        if budget.satisfied(uniform_widths(ctx.space, m, round_to=1)):
-            a = m
-        else:
-            b = m
-    cap = float(lm(uniform_widths(ctx.space, a, round_to=1)))
+    _, widest = fit_uniform(ctx.space, ctx.cost, budget)  # the widest uniform width within the budget
+    cap = float(lm(widest))
     return (lo, max(lo, min(hi, cap))), cap < hi
 
 
