@@ -344,3 +344,38 @@ def test_a_macs_budget_caps_the_target_latencies_where_its_members_are():
     assert capped and a == lo and b == pytest.approx(0.25 * full / 1e7, rel=0.05) and b <= 0.25 * full / 1e7
     ctx.budget = Budget.of_macs(cost, 2 * full)  # the whole range is within the budget: nothing to cap
     assert target_span(ctx, lm, lo, hi) == ((lo, hi), False)
+
+
+def test_a_train_budget_no_front_member_meets_fails_right_after_the_search(tmp_path, capsys, monkeypatch, r20_lut):
+    """``method.train``'s budgets are checked against the front as soon as it is written, before the deployed member
+    trains (it used to fail only after that member's REGULAR / ADMM / FT training)."""
+    from prunekit.methods import jcw
+
+    monkeypatch.setenv("PRUNEKIT_NO_PROGRESS", "1")
+    trained = []
+    monkeypatch.setattr(jcw, "_train_member", lambda *a, **k: trained.append(k.get("tag")) or 1 / 0)
+    tiny = {"epochs": 0.2, "lr": 0.05}
+    cfg = {
+        "model": "resnet20",
+        "data": {"name": "fashion_mnist", "subset_train": 300, "subset_val": 60, "subset_test": 60},
+        "baseline": {"train": {"epochs": 0.2, "lr": 0.1}},
+        "target": {"latency_ratio": 0.95, "latency_lut": str(r20_lut)},
+        "method": {
+            "name": "jcw",
+            "proxy": {"train_per_class": 10, "val_per_class": 3},
+            "supernet": {"cns": tiny, "wp": tiny, "finetune_epochs": 0.1},
+            "bn_batches": 1,
+            "search": {"population": 4, "generations": 1},
+            "train": {"latency_ratio": [0.95, 0.6]},  # 0.6 is above the space's floor, below this tiny front
+        },
+        "export": {"onnx": False, "latency": False},
+    }
+    path = tmp_path / "jcw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    monkeypatch.setattr(jcw, "_budget_pick", lambda rows, limit: None if limit < 0.7 * rows[-1]["predicted_ms"] else 0)
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no front member within 0.6x" in err[0], err
+    assert (out / "front" / "front.json").is_file()  # the search's result is kept: raising the budget resumes
+    assert trained == []  # and no member was trained first

@@ -395,8 +395,9 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
     if fig is not None:
         figures["front"] = str(fig.relative_to(out))
     k = _pick(ctx, plans, rows, full_ms)
+    picks = _train_picks(ctx, cfg, rows, full_ms)  # a budget no member meets fails now, before any training
     plan, net, member_facts = _train_member(ctx, cfg, plans[k], supernet, tag="jcw")
-    trained = _train_more(ctx, cfg, plans, rows, full_ms, supernet, deployed=(k, net, member_facts))
+    trained = _train_more(ctx, cfg, plans, rows, picks, supernet, deployed=(k, net, member_facts))
     history = [
         {"step": h["generation"], "best_proxy_loss": h["best_loss"], "evaluated": h["evaluated"]}
         for h in outcome.history
@@ -493,29 +494,17 @@ def _budget_pick(rows: list[dict[str, Any]], limit_ms: float) -> int | None:
     return min(ok, key=lambda i: rows[i]["proxy_loss"]) if ok else None
 
 
-def _train_more(
-    ctx: MethodContext,
-    cfg: JCWConfig,
-    plans: list[Plan],
-    rows: list[dict[str, Any]],
-    full_ms: float,
-    supernet: nn.Module,
-    *,
-    deployed: tuple[int, nn.Module, dict],
-) -> list[dict[str, Any]]:
-    """``method.train``: per budget, the nearest front member (:func:`_budget_pick`) trained and saved under
-    ``<out>/members/member-<i>/`` (``plan.json``, ``model.safetensors``, ``member.json`` with its test / val top-1,
-    MACs, params, predicted and measured latency). A member already trained (the deployed one, or one picked by two
-    budgets) is not trained again; a finished member directory is reused when the run resumes.
+def _train_picks(
+    ctx: MethodContext, cfg: JCWConfig, rows: list[dict[str, Any]], full_ms: float
+) -> dict[int, list[str]]:
+    """``method.train``'s members: front index -> the budgets it serves (:func:`_budget_pick` per budget); empty
+    without ``method.train``. Called right after the search, so a budget no member meets fails before any training.
 
     Raises:
-        PrunekitError: a budget no front member meets (names the front's range).
+        PrunekitError: a budget no front member meets (names the fastest member's latency).
     """
     if cfg.train is None:
-        return []
-    from prunekit.io import save_safetensors, write_json
-    from prunekit.train import is_main
-
+        return {}
     ratio = cfg.train.ratio
     picks: dict[int, list[str]] = {}
     for b, limit in cfg.train.limits_ms(full_ms):
@@ -533,6 +522,26 @@ def _train_more(
                 f"({lo / full_ms:.0%}): raise that budget"
             )
         picks.setdefault(i, []).append(f"latency_ratio {b:g}" if ratio else f"latency_ms {b:g}")
+    return picks
+
+
+def _train_more(
+    ctx: MethodContext,
+    cfg: JCWConfig,
+    plans: list[Plan],
+    rows: list[dict[str, Any]],
+    picks: dict[int, list[str]],
+    supernet: nn.Module,
+    *,
+    deployed: tuple[int, nn.Module, dict],
+) -> list[dict[str, Any]]:
+    """``method.train``: each member of ``picks`` (:func:`_train_picks`) trained and saved under
+    ``<out>/members/member-<i>/`` (``plan.json``, ``model.safetensors``, ``member.json`` with its test / val top-1,
+    MACs, params, predicted and measured latency). A member already trained (the deployed one, or one picked by two
+    budgets) is not trained again; a finished member directory is reused when the run resumes."""
+    from prunekit.io import save_safetensors, write_json
+    from prunekit.train import is_main
+
     out: list[dict[str, Any]] = []
     k0, net0, facts0 = deployed
     for i, why in picks.items():
