@@ -346,7 +346,9 @@ def test_a_macs_budget_caps_the_target_latencies_where_its_members_are():
     assert target_span(ctx, lm, lo, hi) == ((lo, hi), False)
 
 
-def test_a_train_budget_no_front_member_meets_fails_right_after_the_search(tmp_path, capsys, monkeypatch, r20_lut):
+def test_a_train_budget_no_front_member_meets_fails_right_after_the_search(
+    tmp_path, capsys, monkeypatch, r20_lut
+):
     """``method.train``'s budgets are checked against the front as soon as it is written, before the deployed member
     trains (it used to fail only after that member's REGULAR / ADMM / FT training)."""
     from prunekit.methods import jcw
@@ -373,7 +375,9 @@ def test_a_train_budget_no_front_member_meets_fails_right_after_the_search(tmp_p
     path = tmp_path / "jcw.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
-    monkeypatch.setattr(jcw, "_budget_pick", lambda rows, limit: None if limit < 0.7 * rows[-1]["predicted_ms"] else 0)
+    monkeypatch.setattr(
+        jcw, "_budget_pick", lambda rows, limit: None if limit < 0.7 * rows[-1]["predicted_ms"] else 0
+    )
     assert main(["run", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no front member within 0.6x" in err[0], err
