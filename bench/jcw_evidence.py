@@ -318,7 +318,7 @@ def _remeasure(members: list[dict], picks: dict, out: Path, rounds: int) -> None
     kept, are re-timed too."""
     import statistics
 
-    from prunekit.cost.predict import whole_model_rounds
+    from prunekit.cost.predict import paired_ratio, whole_model_rounds
     from prunekit.models import create_model
     from prunekit.space import ChannelSpace, Plan, apply
 
@@ -337,7 +337,7 @@ def _remeasure(members: list[dict], picks: dict, out: Path, rounds: int) -> None
     res = whole_model_rounds(nets, shape, (1,), runtime="ort", threads=1, rounds=rounds)
     full = res[0][1]
     for (v, b), t in zip(keys, res[1:], strict=True):
-        ratio = float(statistics.median(x / f for x, f in zip(t[1], full, strict=True)))
+        ratio = paired_ratio(t[1], full)
         noise = (max(t[1]) - min(t[1])) / statistics.median(t[1])
         for m in members:
             if (m["variant"], m["budget"]) == (v, b) and "top1" in m:

@@ -5,6 +5,7 @@ table's logic (so it cannot be flaky); one build times real one-layer ONNX model
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -376,3 +377,16 @@ def test_the_overhead_fit_keeps_each_coefficient_on_its_physical_side():
     assert robust_fit(x, wrong)[2] < 0
     fit = robust_fit(x, wrong, signs=[0, -1, 1])
     assert fit[1] <= 0 and fit[2] >= 0 and fit[2] < 1e-9
+
+
+def test_paired_ratio_cancels_load_drift_between_rounds():
+    """A net at 0.5x the reference, timed while the machine's load rises 10x after round 3: the ratio of the two
+    medians says 5x, the median of the per-round ratios 0.5x (one round caught a spike on the net alone)."""
+    from prunekit.cost.predict import paired_ratio
+
+    ref = [1.0, 1.0, 1.0, 10.0, 10.0]
+    net = [0.5, 0.5, 5.0, 5.0, 5.0]
+    assert statistics.median(net) / statistics.median(ref) == 5.0
+    assert paired_ratio(net, ref) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        paired_ratio(net[:-1], ref)

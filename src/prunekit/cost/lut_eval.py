@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch.nn as nn
 
-from prunekit.cost.predict import LatencyModel, random_widths, whole_model_rounds
+from prunekit.cost.predict import LatencyModel, paired_ratio, random_widths, whole_model_rounds
 from prunekit.space import (
     ChannelSpace,
     Plan,
@@ -125,14 +125,12 @@ def evaluate(
     full_ms = float(statistics.median(times[0][b]))
     full_pred = lm(space.channels)
     for (label, plan), t in zip(plans, times[1:], strict=True):
-        ratios = [
-            x / f for x, f in zip(t[b], times[0][b], strict=True)
-        ]  # per round: paired with the full model
         med = float(statistics.median(t[b]))
         pred = lm.predict(plan)
         noise = (max(t[b]) - min(t[b])) / med
+        # the ratio per round, paired with the full model
         result.rows.append(
-            EvalRow(label, pred, med, pred / full_pred, float(statistics.median(ratios)), noise)
+            EvalRow(label, pred, med, pred / full_pred, paired_ratio(t[b], times[0][b]), noise)
         )
     result.full_ms = full_ms
     return result

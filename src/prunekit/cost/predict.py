@@ -496,9 +496,16 @@ def _paired_ms(
     res = whole_model_rounds(nets, input_shape, batches, runtime=runtime, threads=threads, rounds=rounds)
     out: dict[int, list[float]] = {}
     for b in batches:
-        ref = res[0][b]
-        ref_ms = float(statistics.median(ref))
-        out[b] = [
-            ref_ms * float(statistics.median([x / r for x, r in zip(t[b], ref, strict=True)])) for t in res
-        ]
+        ref_ms = float(statistics.median(res[0][b]))
+        out[b] = [ref_ms * paired_ratio(t[b], res[0][b]) for t in res]
     return out
+
+
+def paired_ratio(times_ms: Sequence[float], ref_ms: Sequence[float]) -> float:
+    """Median over rounds of ``times_ms[i] / ref_ms[i]``: a net's latency relative to a reference timed in the same
+    interleaved rounds (:func:`whole_model_rounds`), so a shared machine's load drift between rounds cancels.
+
+    Raises:
+        ValueError: the two lists differ in length (not the same rounds).
+    """
+    return float(statistics.median([x / r for x, r in zip(times_ms, ref_ms, strict=True)]))
