@@ -383,3 +383,23 @@ def test_a_train_budget_no_front_member_meets_fails_right_after_the_search(
     assert len(err) == 1 and "no front member within 0.6x" in err[0], err
     assert (out / "front" / "front.json").is_file()  # the search's result is kept: raising the budget resumes
     assert trained == []  # and no member was trained first
+
+
+def test_a_supernet_near_chance_is_warned_about_once(tmp_path, monkeypatch, caplog):
+    """The MobileNetV2 preset's first supernet (3 + 5 proxy epochs) scored 2.15 against chance ln 10 = 2.30 and its
+    front collapsed; a search on such a supernet says so after its first generation."""
+    import logging
+
+    proxy = jsearch.Proxy(None, None, [], classes=10)
+    msg = jsearch.undertrained(2.15, proxy)
+    assert msg and "barely learned" in msg and "2.30" in msg
+    assert jsearch.undertrained(0.68, proxy) is None  # the 10 + 20 epoch supernet: fine
+    assert jsearch.undertrained(2.15, jsearch.Proxy(None, None, [])) is None  # classes unknown
+    assert jsearch.undertrained(2.15, jsearch.Proxy(None, None, [], loss_fn=len, classes=10)) is None
+
+    kw = _phase(tmp_path, monkeypatch, tmp_path / "run")
+    seen = []
+    monkeypatch.setattr(jsearch, "undertrained", lambda loss, p: seen.append(loss) or "MSG near chance")
+    with caplog.at_level(logging.WARNING, logger="prunekit.methods.jcw.search"):
+        jsearch.run_search_phase(**kw)
+    assert len(seen) == 1 and [r.getMessage() for r in caplog.records].count("MSG near chance") == 1

@@ -233,8 +233,9 @@ def proxy_task(ctx: MethodContext, cfg: JCWConfig) -> Proxy:
         bn = [b for b, _ in zip(data.train, range(cfg.bn_batches), strict=False)]
         return Proxy(data.train, data.val, bn, loss_fn=ctx.loss_fn)
     seed = ctx.seed if p.seed is None else p.seed
+    labels = data.split_labels("train")
     tr, va = proxy_split(
-        data.split_labels("train"),
+        labels,
         classes=p.classes,
         train_per_class=p.train_per_class,
         val_per_class=p.val_per_class,
@@ -255,7 +256,7 @@ def proxy_task(ctx: MethodContext, cfg: JCWConfig) -> Proxy:
     val = data.make_loader("train", batch_size=data.config.eval_batch_size, indices=va)
     plain = data.make_loader("train", batch_size=bs, indices=tr)  # fixed, unaugmented: the BN batches
     bn = [b for b, _ in zip(plain, range(cfg.bn_batches), strict=False)]
-    return Proxy(train, val, bn)
+    return Proxy(train, val, bn, classes=len(np.unique(labels[np.asarray(va, dtype=np.int64)])))
 
 
 def _smoke(cfg: JCWConfig) -> JCWConfig:
