@@ -403,3 +403,31 @@ def test_a_supernet_near_chance_is_warned_about_once(tmp_path, monkeypatch, capl
     with caplog.at_level(logging.WARNING, logger="prunekit.methods.jcw.search"):
         jsearch.run_search_phase(**kw)
     assert len(seen) == 1 and [r.getMessage() for r in caplog.records].count("MSG near chance") == 1
+
+
+def test_a_macs_budget_screens_the_proposals_so_every_front_member_meets_it(tmp_path, monkeypatch):
+    """Capped targets still left two of three arena seeds (ResNet-20, 25% of the MACs) without a front member
+    within the budget; proposals over a MACs budget are now never evaluated."""
+    from types import SimpleNamespace
+
+    from prunekit.cost.budget import Budget
+    from prunekit.cost.macs import CostModel
+    from prunekit.methods.jcw import _bind_budget_screen
+
+    kw = _phase(tmp_path, monkeypatch, tmp_path / "run")
+    enc, space, searcher = kw["enc"], kw["space"], kw["searcher"]
+    cost = CostModel(space)
+    rand = enc.bounds.random(np.random.default_rng(0), 200)
+    macs = np.array([cost.cost(enc.decode(g)).macs for g in rand])  # the plans' own count, as _pick checks
+    limit = float(np.median(macs))
+    ctx = SimpleNamespace(budget=Budget.of_macs(cost, limit), smoke=False, target_macs=None)
+    assert _bind_budget_screen(searcher, ctx, enc) == ["macs"]
+    assert (searcher.screen(rand) == (macs <= limit)).all()  # exact: the widths' count is the plans'
+    outcome = jsearch.run_search_phase(**kw)
+    pop_macs = [cost.cost(enc.decode(g)).macs for g in outcome.genes]
+    assert len(pop_macs) == 4 and max(pop_macs) <= limit
+    assert outcome.facts["screened_out"] > 0  # about half the random proposals were over it
+    # a latency-only budget screens nothing (its targets cover it, and the front serves other budgets)
+    lat = SimpleNamespace(budget=SimpleNamespace(metrics_constrained=["latency_ms"]), smoke=False)
+    fresh = NSGA2(enc.bounds, NSGA2Config.jcw(population=4, generations=2), seed=0, target_range=(1.0, 2.0))
+    assert _bind_budget_screen(fresh, lat, enc) == [] and fresh.feasible is None

@@ -362,9 +362,10 @@ class Budget:
         order = sorted(self.constraints, key=lambda c: c.metric == "latency_ms")
         return all(self.value(c.metric, plan_or_widths) <= c.limit for c in order)
 
-    def feasible(self, widths: np.ndarray) -> np.ndarray:
+    def feasible(self, widths: np.ndarray, *, analytic_only: bool = False) -> np.ndarray:
         """Vectorised :meth:`satisfied` over a population ``widths [N, G]`` -> bool ``[N]`` (analytic constraints
-        vectorised; latency per row, only for rows that pass the analytic ones)."""
+        vectorised; latency per row, only for rows that pass the analytic ones). ``analytic_only``: the MACs and
+        params constraints alone (a latency constraint, if any, is left to the caller)."""
         w = np.atleast_2d(np.asarray(widths, dtype=np.int64))
         ok = np.ones(len(w), dtype=bool)
         for c in self.constraints:
@@ -373,7 +374,7 @@ class Budget:
             elif c.metric == "params":
                 ok &= np.rint(self.cost.params(w)) <= c.limit
         for c in self.constraints:
-            if c.metric != "latency_ms":
+            if c.metric != "latency_ms" or analytic_only:
                 continue
             rows = np.flatnonzero(ok)
             if hasattr(self.latency, "batch") and len(rows):  # a predictor: the whole population at once

@@ -356,6 +356,7 @@ def run_search_phase(
         "evaluations": int(sum(h["evaluated"] for h in history)),
         "eval_s": round(t_eval, 2),
         "duplicates": searcher.duplicates,
+        "screened_out": searcher.screened_out,  # proposals over a MACs / params budget, never evaluated
         "mode": mode,
     }
     return SearchOutcome(searcher.pop.copy(), searcher.objs.copy(), history, facts)
