@@ -12,12 +12,18 @@ Runtime (BatchNorm folded, one intra-op thread, :func:`prunekit.cost.latency.mea
 interleaved rounds and reports the median over rounds of each model's median (ms per batch). Run it with nothing
 else on the machine.
 
+With ``--plans`` the arguments are ``plan.json`` files (a committed result whose weights are gone): each is rebuilt
+from its plan with freshly initialised weights, beside the unpruned model of the plan's spec, likewise initialised.
+ONNX Runtime's dense kernels take the same time whatever the weight values (BENCHMARKS.md: density buys nothing on
+it), so this times the architecture the run deployed; a sparse plan's zeros are not reproduced.
+
 Output: ``<out>.json`` and ``<out>.md`` (one row per model: run, model, MACs, ms at batch 1 and ``--batch``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import statistics
 import sys
@@ -55,11 +61,28 @@ def _models(run_dir: Path, stages: bool) -> list[tuple[str, torch.nn.Module, tup
     return out
 
 
+def _plan_models(plan_path: Path) -> list[tuple[str, torch.nn.Module, tuple[int, ...]]]:
+    """``(label, model, input_shape)`` for the unpruned model of a plan's spec and the plan's architecture, both
+    with freshly initialised weights (seeded)."""
+    from prunekit.models import create_model
+
+    plan = Plan.load(plan_path)
+    torch.manual_seed(0)
+    base = create_model(plan.model).eval()
+    return [
+        ("baseline (init)", base, tuple(plan.input_shape)),
+        ("plan (init)", rebuild(plan).eval(), tuple(plan.input_shape)),
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument(
         "--stages", action="store_true", help="also every stages/stage{k} model (multistage runs)"
+    )
+    ap.add_argument(
+        "--plans", action="store_true", help="the arguments are plan.json files; weights freshly initialised"
     )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64, help="second batch size (0: batch 1 only)")
@@ -67,7 +90,8 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     try:
-        models = [(str(r), label, m, shape) for r in args.runs for label, m, shape in _models(r, args.stages)]
+        build = _plan_models if args.plans else functools.partial(_models, stages=args.stages)
+        models = [(str(r), label, m, shape) for r in args.runs for label, m, shape in build(r)]
     except PrunekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
