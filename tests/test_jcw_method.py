@@ -274,6 +274,68 @@ def test_plan_method_picks_the_best_front_member_within_a_latency(tmp_path):
         FrontPick()
 
 
+def test_a_latency_ratio_reads_the_measured_ratio_where_the_front_was_timed(tmp_path):
+    """The MobileNetV2 preset deployed a member predicted at 0.64 and measured at 0.704 for a 0.70 target: where
+    the front was timed, a ratio budget is decided by the measurement; an ms budget, and an untimed front, by the
+    prediction."""
+    from prunekit.errors import PrunekitError
+    from prunekit.methods.plan import FrontPick, pick_member
+    from prunekit.search.front import best_within, latency_ratio
+
+    rows = [  # full_ms 10: predicted ratios 0.60 / 0.64 / 0.83
+        {
+            "member": 0,
+            "file": "member-0.json",
+            "predicted_ms": 6.0,
+            "measured_ratio": 0.62,
+            "proxy_loss": 0.9,
+        },
+        {
+            "member": 1,
+            "file": "member-1.json",
+            "predicted_ms": 6.4,
+            "measured_ratio": 0.704,
+            "proxy_loss": 0.7,
+        },
+        {
+            "member": 2,
+            "file": "member-2.json",
+            "predicted_ms": 8.3,
+            "measured_ratio": 0.87,
+            "proxy_loss": 0.6,
+        },
+    ]
+    assert latency_ratio(rows[1], 10.0) == pytest.approx(0.704)
+    assert best_within(rows, full_ms=10.0, ratio=0.7) == 0  # member 1 is predicted inside, measured outside
+    assert best_within(rows, full_ms=10.0, ratio=0.704) == 1  # the boundary is inclusive
+    assert best_within(rows, full_ms=10.0, ratio=0.6) is None
+    assert best_within(rows, full_ms=10.0, limit_ms=7.0) == 1  # an absolute budget: the prediction
+    untimed = [{k: v for k, v in r.items() if k != "measured_ratio"} for r in rows]
+    assert best_within(untimed, full_ms=10.0, ratio=0.7) == 1  # no measurement: the predicted 0.64
+    assert best_within(rows, full_ms=10.0) == 2  # no budget: the lowest loss
+    (tmp_path / "front.json").write_text(json.dumps({"full_ms": 10.0, "members": rows}))
+    assert pick_member(tmp_path, FrontPick(latency_ratio=0.7)).name == "member-0.json"
+    assert pick_member(tmp_path, FrontPick(latency_ratio=0.9)).name == "member-2.json"
+    with pytest.raises(PrunekitError, match="fastest: 0.62 of it"):
+        pick_member(tmp_path, FrontPick(latency_ratio=0.5))
+
+
+def test_the_front_is_timed_only_where_its_timing_measures_what_the_table_predicts():
+    from types import SimpleNamespace
+
+    from prunekit.methods import jcw
+
+    def lm(runtime, threads, batch):
+        return SimpleNamespace(
+            table=SimpleNamespace(machine={"runtime": runtime, "threads": threads}), batch_size=batch
+        )
+
+    assert jcw._measurable(lm("ort", 1, 1))
+    assert not jcw._measurable(lm("deepsparse", 1, 1))  # the front is timed in ONNX Runtime
+    assert not jcw._measurable(lm("ort", 2, 1))
+    assert not jcw._measurable(lm("ort", 1, 64))
+
+
 def test_jcw_on_the_users_own_loaders_through_prunekit_prune(tmp_path, monkeypatch, r20_lut):
     """Loaders prunekit cannot re-split are their own proxy task: the search and the member run on them."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -376,7 +438,9 @@ def test_a_train_budget_no_front_member_meets_fails_right_after_the_search(
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
     monkeypatch.setattr(
-        jcw, "_budget_pick", lambda rows, limit: None if limit < 0.7 * rows[-1]["predicted_ms"] else 0
+        jcw,
+        "_budget_pick",
+        lambda rows, b, ratio, full_ms: None if b * full_ms < 0.7 * rows[-1]["predicted_ms"] else 0,
     )
     assert main(["run", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

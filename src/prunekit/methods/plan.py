@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prunekit.errors import PrunekitError
 from prunekit.methods.base import MethodContext, MethodResult, fresh_model, train_plan
+from prunekit.search.front import best_within, latency_ratio
 from prunekit.space import Plan
 from prunekit.train.admm import SparseTrainConfig
 
@@ -36,7 +37,8 @@ BUDGET_METRICS = ("macs", "params", "latency_ms")
 
 class FrontPick(BaseModel):
     """Which member of a front to train: the one with the lowest proxy loss whose predicted latency is at most
-    ``latency_ms`` or ``latency_ratio`` x the unpruned model's predicted latency (``front.json``)."""
+    ``latency_ms``, or whose latency is at most ``latency_ratio`` x the unpruned model's (``front.json``: measured
+    where JCW timed its front, else predicted; :func:`prunekit.search.front.best_within`)."""
 
     model_config = ConfigDict(extra="forbid")
     latency_ms: float | None = Field(None, gt=0)
@@ -75,19 +77,18 @@ def pick_member(front_dir: Path, pick: FrontPick) -> Path:
             f"{front_dir} has no front.json: give a jcw run's front/ directory (or a plan file)"
         )
     front = json.loads(index.read_text())
-    members = front["members"]
-    if pick.latency_ms is not None:
-        limit, what = float(pick.latency_ms), f"{pick.latency_ms:g} ms"
-    else:
-        full = float(front["full_ms"])
-        limit, what = float(pick.latency_ratio) * full, f"{pick.latency_ratio:g} of the unpruned latency"
-    ok = [m for m in members if m["predicted_ms"] <= limit * (1 + 1e-9)]
-    if not ok:
-        fastest = min(m["predicted_ms"] for m in members)
+    members, full = front["members"], float(front["full_ms"])
+    k = best_within(members, full_ms=full, ratio=pick.latency_ratio, limit_ms=pick.latency_ms)
+    if k is None:
+        if pick.latency_ms is not None:
+            what, fastest = f"{pick.latency_ms:g} ms", f"{min(m['predicted_ms'] for m in members):.4g} ms"
+        else:
+            what = f"{pick.latency_ratio:g} of the unpruned latency"
+            fastest = f"{min(latency_ratio(m, full) for m in members):.2f} of it"
         raise PrunekitError(
-            f"no member of {front_dir} is predicted within {what} (the fastest: {fastest:.4g} ms): raise the budget"
+            f"no member of {front_dir} is within {what} (the fastest: {fastest}): raise the budget"
         )
-    return front_dir / min(ok, key=lambda m: m["proxy_loss"])["file"]
+    return front_dir / members[k]["file"]
 
 
 Config = PlanConfig

@@ -18,9 +18,11 @@ Zhao et al., "Joint Channel and Weight Pruning for Model Acceleration on Mobile 
    Checkpointed every generation.
 3. **Front** (:mod:`prunekit.methods.jcw.front`): ``<out>/front/member-{i}.json`` plans, ``front.json``,
    ``jcw/front.png``.
-4. **The deployed member**: the front member with the lowest proxy loss that meets the run's budget (a latency
-   ratio on the table's predicted ratio to the unpruned model, an absolute latency on its predicted ms; the
-   pipeline measures the result), trained as the seed's
+4. **The deployed member**: the front member with the lowest proxy loss that meets the run's budget
+   (:func:`prunekit.search.front.best_within`: a latency ratio on the member's ratio to the unpruned model as
+   measured in ONNX Runtime when the front was timed -- ``measure_front``, and the table is of that runtime at
+   batch 1 -- else as predicted; an absolute latency on its predicted ms; the pipeline measures the result),
+   trained as the seed's
    SparseTrainer does: REGULAR (the channel-pruned dense net from scratch), ADMM toward the member's block-sparse
    densities (:class:`~prunekit.train.admm.ADMMCallback`), FT (masks fixed by block L2, masked finetune). A phase
    whose recipe is ``null`` is skipped (``regular: null`` starts from the supernet's weights).
@@ -68,9 +70,10 @@ from prunekit.search.encoding import (
     WidthGenes,
 )
 from prunekit.search.fit import fit_uniform
+from prunekit.search.front import best_within, latency_ratio, within
 from prunekit.search.nsga2 import NSGA2, NSGA2Config
 from prunekit.space import Plan
-from prunekit.train import TrainConfig
+from prunekit.train import TrainConfig, broadcast_object
 from prunekit.train.admm import SparseTrainConfig
 
 log = logging.getLogger(__name__)
@@ -120,8 +123,9 @@ class SupernetConfig(BaseModel):
 class MemberBudgets(BaseModel):
     """``train``: more front members to train in the same run, one per budget (the seed's
     ``generate_training_config`` step, replaced): ``latency_ms`` (predicted ms, batch 1, the table's runtime) or
-    ``latency_ratio`` (of the unpruned model's predicted latency). Per budget the member with the lowest proxy loss
-    within it -- on a front sorted by latency, the one nearest below the budget -- is trained with ``member``."""
+    ``latency_ratio`` (of the unpruned model's latency: measured where the front was timed, else predicted;
+    :mod:`prunekit.search.front`). Per budget the member with the lowest proxy loss within it -- on a front sorted by
+    latency, the one nearest below the budget -- is trained with ``member``."""
 
     model_config = ConfigDict(extra="forbid")
     latency_ms: list[float] | None = None
@@ -138,7 +142,7 @@ class MemberBudgets(BaseModel):
 
     @property
     def ratio(self) -> bool:
-        """Whether the budgets are ratios of the unpruned model's predicted latency (else ms)."""
+        """Whether the budgets are ratios of the unpruned model's latency (else ms)."""
         return self.latency_ratio is not None
 
     def limits_ms(self, full_ms: float) -> list[tuple[float, float]]:
@@ -288,17 +292,18 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _fits(budget, plan: Plan, predicted_ms: float, full_ms: float) -> bool:
-    """Whether a member meets every constraint: MACs / params exactly; a latency ratio on the predicted ratio
-    (member / unpruned, both from the table, so the table's absolute calibration on this machine cancels); an
-    absolute latency on the predicted ms."""
+def _fits(budget, plan: Plan, row: dict[str, Any], full_ms: float) -> bool:
+    """Whether a member (its plan and front row) meets every constraint: MACs / params exactly; a latency ratio
+    on the measured ratio to the unpruned model where the front was timed, else on the predicted one (both from the
+    table, so its absolute calibration on this machine cancels); an absolute latency on the predicted ms
+    (:func:`prunekit.search.front.within`)."""
     for c in budget.constraints:
         if c.metric != "latency_ms":
             ok = budget.value(c.metric, plan) <= c.limit
         elif c.ratio is not None:
-            ok = predicted_ms <= c.ratio * full_ms * (1 + 1e-9)
+            ok = within(row, full_ms=full_ms, ratio=c.ratio)
         else:
-            ok = predicted_ms <= c.limit
+            ok = within(row, full_ms=full_ms, limit_ms=c.limit)
         if not ok:
             return False
     return True
@@ -331,11 +336,7 @@ def _bind_budget_screen(searcher: NSGA2, ctx: MethodContext, enc: GeneEncoding) 
 def _pick(ctx: MethodContext, plans: list[Plan], rows: list[dict[str, Any]], full_ms: float) -> int:
     """The front member with the lowest proxy loss within the budget (:func:`_fits`)."""
     budget = require_budget(ctx, "jcw")
-    ok = [
-        i
-        for i, (p, r) in enumerate(zip(plans, rows, strict=True))
-        if _fits(budget, p, r["predicted_ms"], full_ms)
-    ]
+    ok = [i for i, (p, r) in enumerate(zip(plans, rows, strict=True)) if _fits(budget, p, r, full_ms)]
     if not ok and ctx.smoke:  # a smoke search is too short to reach the budget: exercise the rest anyway
         log.warning("jcw --smoke: no front member meets the budget; training the fastest one")
         return min(range(len(rows)), key=lambda i: rows[i]["predicted_ms"])
@@ -372,7 +373,7 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
     lat_lo, lat_hi = (float(x) for x in latencies(enc, lm, np.stack([enc.bounds.low, enc.bounds.high])))
     full_ms = float(lm(ctx.space.channels))
     smallest = enc.decode(enc.bounds.low)
-    if not _fits(require_budget(ctx, "jcw"), smallest, lat_lo, full_ms) and not ctx.smoke:
+    if not _fits(require_budget(ctx, "jcw"), smallest, {"predicted_ms": lat_lo}, full_ms) and not ctx.smoke:
         raise PrunekitError(
             f"jcw: even the smallest model of the search space (every gene at its lower bound: {lat_lo / full_ms:.0%} "
             f"of the predicted latency, {ctx.cost.cost(smallest).macs / ctx.cost.cost().macs:.0%} of the MACs) "
@@ -416,8 +417,9 @@ def run(ctx: MethodContext, cfg: JCWConfig) -> MethodResult:
     plans, rows = save_front(
         out / "front", enc, ctx.cost, outcome.genes, outcome.objectives, spec=ctx.spec, full_ms=full_ms
     )
-    if cfg.measure_front:
+    if cfg.measure_front and _measurable(lm):
         _measure_front(ctx, plans, rows, out / "front", full_ms)
+        rows = broadcast_object(rows)  # rank 0 timed them: every rank picks the same members
     figures = {}
     fig = plot_front(outcome.history, rows, out / "jcw" / "front.png")
     if fig is not None:
@@ -471,6 +473,13 @@ def target_span(
     return (lo, max(lo, min(hi, cap))), cap < hi
 
 
+def _measurable(lm: LatencyModel) -> bool:
+    """Whether timing the front in ONNX Runtime (batch 1, one thread: :func:`_measure_front`) measures what the
+    table predicts, so the picks may read the measurement."""
+    machine = lm.table.machine
+    return machine.get("runtime") == "ort" and machine.get("threads") == 1 and lm.batch_size == 1
+
+
 def _measure_front(
     ctx: MethodContext, plans: list[Plan], rows: list[dict[str, Any]], out: Path, full_ms: float
 ) -> None:
@@ -516,10 +525,12 @@ def _check_train_budgets(cfg: JCWConfig, lat_lo: float, full_ms: float) -> None:
             )
 
 
-def _budget_pick(rows: list[dict[str, Any]], limit_ms: float) -> int | None:
-    """The member with the lowest proxy loss whose predicted latency is within ``limit_ms``, or None."""
-    ok = [i for i, r in enumerate(rows) if r["predicted_ms"] <= limit_ms * (1 + 1e-9)]
-    return min(ok, key=lambda i: rows[i]["proxy_loss"]) if ok else None
+def _budget_pick(rows: list[dict[str, Any]], budget: float, ratio: bool, full_ms: float) -> int | None:
+    """The member with the lowest proxy loss within ``budget`` (a ratio of the unpruned latency, measured where
+    the front was timed, if ``ratio``; else predicted ms), or None (:func:`prunekit.search.front.best_within`)."""
+    if ratio:
+        return best_within(rows, full_ms=full_ms, ratio=budget)
+    return best_within(rows, full_ms=full_ms, limit_ms=budget)
 
 
 def _train_picks(
@@ -536,7 +547,7 @@ def _train_picks(
     ratio = cfg.train.ratio
     picks: dict[int, list[str]] = {}
     for b, limit in cfg.train.limits_ms(full_ms):
-        i = _budget_pick(rows, limit)
+        i = _budget_pick(rows, b, ratio, full_ms)
         if (
             i is None and ctx.smoke
         ):  # a smoke search is too short to reach every budget: exercise the rest anyway
@@ -544,10 +555,15 @@ def _train_picks(
             i = min(range(len(rows)), key=lambda j: rows[j]["predicted_ms"])
         if i is None:
             lo = min(r["predicted_ms"] for r in rows)
+            fastest = (
+                f"{min(latency_ratio(r, full_ms) for r in rows):.0%} of the unpruned latency"
+                + (" (measured)" if any("measured_ratio" in r for r in rows) else "")
+                if ratio
+                else f"predicted at {lo:.3f} ms"
+            )
             raise PrunekitError(
                 f"jcw train: no front member within {b:g}{'x the unpruned latency' if ratio else ' ms'} "
-                f"(predicted {limit:.3f} ms); the fastest member is predicted at {lo:.3f} ms "
-                f"({lo / full_ms:.0%}): raise that budget"
+                f"(predicted {limit:.3f} ms); the fastest member: {fastest}: raise that budget"
             )
         picks.setdefault(i, []).append(f"latency_ratio {b:g}" if ratio else f"latency_ms {b:g}")
     return picks
