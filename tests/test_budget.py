@@ -216,7 +216,8 @@ def test_pipeline_reports_every_constraint(tmp_path, capsys, monkeypatch, method
         r = rows[metric]
         assert r["ratio_of_baseline"] == target[key]
         base = report["baseline"]["params" if metric == "params" else "latency_ms"]
-        assert r["asked"] == pytest.approx(target[key] * base, rel=0.5 if metric == "latency_ms" else 1e-9)
+        # a measured ratio target's limit is restated on the paired baseline measurement (one scale with achieved)
+        assert r["asked"] == pytest.approx(target[key] * base, rel=1e-9)
         assert r["achieved"] is not None and r["achieved"] > 0
     assert rows["params"]["met"] is True and rows["params"]["achieved"] == report["pruned"]["params"]
     assert rows["params"]["achieved_ratio"] == pytest.approx(

@@ -439,7 +439,9 @@ class Budget:
         source; ``baseline_measured`` is the baseline's value measured the same way and at the same time, so that
         ``achieved_ratio`` is a paired ratio. A constraint given as a ratio is met when ``achieved_ratio <= ratio``
         (for MACs and params the same as ``achieved <= asked``; for a measured latency it does not depend on how
-        loaded the machine was when the limit was first measured); an absolute one when ``achieved <= asked``.
+        loaded the machine was when the limit was first measured), and its ``asked`` is restated as the ratio of that
+        paired baseline (the report's asked and achieved then read on one scale); an absolute one when
+        ``achieved <= asked``.
         """
         out = []
         for c in self.constraints:
@@ -455,6 +457,9 @@ class Budget:
             else:
                 achieved, source = self.value(c.metric, plan), c.source
             ratio = achieved / base if achieved is not None and base else None
+            asked = c.limit
+            if source == "measured" and c.ratio is not None and base:
+                asked = c.ratio * base  # restated on the paired baseline, the one the ratio is judged on
             if achieved is None:
                 met = None
             elif c.ratio is not None and ratio is not None:
@@ -464,7 +469,7 @@ class Budget:
             out.append(
                 {
                     "metric": c.metric,
-                    "asked": c.limit,
+                    "asked": asked,
                     "achieved": achieved,
                     "achieved_ratio": ratio,
                     "met": met,
