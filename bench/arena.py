@@ -32,6 +32,9 @@ at ~340), so a cell's wall time is not its budget: ``uniform`` of task 1 on 20,0
 net) took 44.5 min, 4x the issue's ~10. Tasks 1 and 2 therefore use 10,000 training images: 16 reference epochs are
 ~160,000 reference image passes, ~7 min for the reference entrant and ~15-20 min for ``uniform`` on one busy thread.
 
+A cell's wall time is its run's elapsed time (``wall_s``) less ``paused_s``, which a cell.json carries when its
+process was stopped (SIGSTOP, to give a timing job a quiet machine) for that long.
+
 Each entrant x task x seed is its own resumable run directory (``OUT/task<N>/<entrant>/seed<S>``, finished when its
 ``cell.json`` is there); ``--jobs 2`` runs two at a time (one torch thread each); ``--report`` rebuilds
 ``OUT/arena.{md,json}`` and ``OUT/task<N>.png`` from the directories; ``--smoke`` runs every entrant of task 1 (or
@@ -380,7 +383,7 @@ def report(out: Path, command: str) -> str:
                 f"{_ms(_ratios(er, 'latency_ms'))} | {_ms([r['latency_ms_batch'] for r in er])} | "
                 f"{_ms(_ratios(er, 'latency_ms_batch'))} | {_ms([r['reference_epochs_spent'] for r in er])} "
                 f"({_ms([r['reference_epochs_forward'] for r in er])}) | "
-                f"{split} | {er[0]['budget']} | {er[0]['rounding']} | {_ms([r['wall_s'] / 60 for r in er])} |"
+                f"{split} | {er[0]['budget']} | {er[0]['rounding']} | {_ms([(r['wall_s'] - r.get('paused_s', 0.0)) / 60 for r in er])} |"
             )
             summary[task][name] = er
         lines.append("")
