@@ -341,11 +341,12 @@ def _pick(ctx: MethodContext, plans: list[Plan], rows: list[dict[str, Any]], ful
         log.warning("jcw --smoke: no front member meets the budget; training the fastest one")
         return min(range(len(rows)), key=lambda i: rows[i]["predicted_ms"])
     if not ok:
-        lo = min(r["predicted_ms"] for r in rows) / full_ms
-        hi = max(r["predicted_ms"] for r in rows) / full_ms
+        ratios = [latency_ratio(r, full_ms) for r in rows]
+        how = "measured" if all("measured_ratio" in r for r in rows) else "predicted"
         raise PrunekitError(
-            f"jcw: no front member meets the budget ({budget.describe()}); the front spans {lo:.0%}-{hi:.0%} of the "
-            "unpruned model's predicted latency: raise the target, lower the width / density bounds or search longer"
+            f"jcw: no front member meets the budget ({budget.describe()}); the front spans {min(ratios):.0%}-"
+            f"{max(ratios):.0%} of the unpruned model's {how} latency: raise the target, lower the width / density "
+            "bounds or search longer"
         )
     return min(ok, key=lambda i: rows[i]["proxy_loss"])
 
