@@ -77,7 +77,11 @@ def pick_member(front_dir: Path, pick: FrontPick) -> Path:
             f"{front_dir} has no front.json: give a jcw run's front/ directory (or a plan file)"
         )
     front = json.loads(index.read_text())
-    members, full = front["members"], float(front["full_ms"])
+    members, full = front["members"], float(front.get("full_ms") or 0.0)
+    if pick.latency_ratio is not None and full <= 0:
+        raise PrunekitError(
+            f"{index} has no full_ms: pick by latency_ms, or re-run the jcw search that wrote it"
+        )
     k = best_within(members, full_ms=full, ratio=pick.latency_ratio, limit_ms=pick.latency_ms)
     if k is None:
         if pick.latency_ms is not None:
