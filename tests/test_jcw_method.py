@@ -280,7 +280,7 @@ def test_a_latency_ratio_reads_the_measured_ratio_where_the_front_was_timed(tmp_
     prediction."""
     from prunekit.errors import PrunekitError
     from prunekit.methods.plan import FrontPick, pick_member
-    from prunekit.search.front import best_within, latency_ratio
+    from prunekit.search.front import best_within, latency_ratio, ratio_source
 
     rows = [  # full_ms 10: predicted ratios 0.60 / 0.64 / 0.83
         {
@@ -312,6 +312,7 @@ def test_a_latency_ratio_reads_the_measured_ratio_where_the_front_was_timed(tmp_
     assert best_within(rows, full_ms=10.0, limit_ms=7.0) == 1  # an absolute budget: the prediction
     untimed = [{k: v for k, v in r.items() if k != "measured_ratio"} for r in rows]
     assert best_within(untimed, full_ms=10.0, ratio=0.7) == 1  # no measurement: the predicted 0.64
+    assert ratio_source(rows) == "measured" and ratio_source(untimed) == "predicted"
     assert best_within(rows, full_ms=10.0) == 2  # no budget: the lowest loss
     (tmp_path / "front.json").write_text(json.dumps({"full_ms": 10.0, "members": rows}))
     assert pick_member(tmp_path, FrontPick(latency_ratio=0.7)).name == "member-0.json"

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["best_within", "latency_ratio", "within"]
+__all__ = ["best_within", "latency_ratio", "ratio_source", "within"]
 
 _TOL = 1 + 1e-9
 
@@ -29,6 +29,12 @@ def latency_ratio(row: Mapping[str, Any], full_ms: float) -> float:
     ``predicted_ms / full_ms`` (``full_ms``: the unpruned model's predicted ms)."""
     measured = row.get("measured_ratio")
     return float(measured) if measured is not None else float(row["predicted_ms"]) / full_ms
+
+
+def ratio_source(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``"measured"`` when every row carries a ``measured_ratio`` (a timed front), else ``"predicted"``: the scale
+    :func:`latency_ratio` reads, for messages."""
+    return "measured" if rows and all(r.get("measured_ratio") is not None for r in rows) else "predicted"
 
 
 def within(

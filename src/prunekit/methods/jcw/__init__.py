@@ -70,7 +70,7 @@ from prunekit.search.encoding import (
     WidthGenes,
 )
 from prunekit.search.fit import fit_uniform
-from prunekit.search.front import best_within, latency_ratio, within
+from prunekit.search.front import best_within, latency_ratio, ratio_source, within
 from prunekit.search.nsga2 import NSGA2, NSGA2Config
 from prunekit.space import Plan
 from prunekit.train import TrainConfig, broadcast_object
@@ -342,11 +342,10 @@ def _pick(ctx: MethodContext, plans: list[Plan], rows: list[dict[str, Any]], ful
         return min(range(len(rows)), key=lambda i: rows[i]["predicted_ms"])
     if not ok:
         ratios = [latency_ratio(r, full_ms) for r in rows]
-        how = "measured" if all("measured_ratio" in r for r in rows) else "predicted"
         raise PrunekitError(
             f"jcw: no front member meets the budget ({budget.describe()}); the front spans {min(ratios):.0%}-"
-            f"{max(ratios):.0%} of the unpruned model's {how} latency: raise the target, lower the width / density "
-            "bounds or search longer"
+            f"{max(ratios):.0%} of the unpruned model's {ratio_source(rows)} latency: raise the target, lower the "
+            "width / density bounds or search longer"
         )
     return min(ok, key=lambda i: rows[i]["proxy_loss"])
 
@@ -547,7 +546,7 @@ def _train_picks(
         return {}
     ratio = cfg.train.ratio
     picks: dict[int, list[str]] = {}
-    for b, limit in cfg.train.limits_ms(full_ms):
+    for b, _ in cfg.train.limits_ms(full_ms):
         i = _budget_pick(rows, b, ratio, full_ms)
         if (
             i is None and ctx.smoke
@@ -555,16 +554,15 @@ def _train_picks(
             log.warning("jcw --smoke: no front member within train budget %g; training the fastest one", b)
             i = min(range(len(rows)), key=lambda j: rows[j]["predicted_ms"])
         if i is None:
-            lo = min(r["predicted_ms"] for r in rows)
-            fastest = (
-                f"{min(latency_ratio(r, full_ms) for r in rows):.0%} of the unpruned latency"
-                + (" (measured)" if any("measured_ratio" in r for r in rows) else "")
-                if ratio
-                else f"predicted at {lo:.3f} ms"
-            )
+            if ratio:
+                what = f"{b:g}x the unpruned latency"
+                lo = min(latency_ratio(r, full_ms) for r in rows)
+                fastest = f"{lo:.0%} of it ({ratio_source(rows)})"
+            else:
+                what, lo = f"{b:g} ms", min(r["predicted_ms"] for r in rows)
+                fastest = f"predicted at {lo:.3f} ms ({lo / full_ms:.0%})"
             raise PrunekitError(
-                f"jcw train: no front member within {b:g}{'x the unpruned latency' if ratio else ' ms'} "
-                f"(predicted {limit:.3f} ms); the fastest member: {fastest}: raise that budget"
+                f"jcw train: no front member within {what}; the fastest member: {fastest}: raise that budget"
             )
         picks.setdefault(i, []).append(f"latency_ratio {b:g}" if ratio else f"latency_ms {b:g}")
     return picks
