@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -123,6 +124,9 @@ def _lut(base: dict, out: Path, runtime: str, python: str | None, smoke: bool) -
         runtime,
     ]
     cmd += ["--groups", "1", "--points", "2" if smoke else "5", "--out", str(path)]
+    # DeepSparse is not monotone in density (BENCHMARKS: d = 0.5 can be slower than d = 1, sparsity pays at d <= 0.3)
+    # and JCW's density genes stop at 0.3: measure the bounds' floor and a point between it and 1, not 0.2
+    cmd += ["--densities", "1,0.7,0.5,0.3"] if runtime == "deepsparse" and not smoke else []
     cmd += ["--rounds", "1"] if smoke else []
     cmd += ["--deepsparse-python", python] if python and runtime == "deepsparse" else []
     if path.exists() and runtime == "ort":
@@ -189,6 +193,8 @@ def main() -> None:
     )
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
+    if args.deepsparse_python:  # the searches check a DeepSparse table's signature in that environment too
+        os.environ["PRUNEKIT_DEEPSPARSE_PYTHON"] = args.deepsparse_python
     if args.smoke:
         args.seeds, args.budgets = args.seeds[:1], args.budgets[-1:]
     default_out = (

@@ -45,10 +45,16 @@ FAKE = textwrap.dedent(
             try:
                 self.sleep_s, self.sess, self.shape = float(data) / 1e3, None, (batch_size, 4)
             except ValueError:
+                import onnx
                 import onnxruntime
 
+                proto = onnx.load_from_string(data)  # DeepSparse 1.8's loader: IR <= 9, opset <= 19
+                opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+                if proto.ir_version > 9 or opset > 19:
+                    raise RuntimeError(f"Unsupported model IR version: {proto.ir_version}, opset {opset}")
                 self.sess = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-                self.shape = tuple(self.sess.get_inputs()[0].shape)
+                dims = self.sess.get_inputs()[0].shape  # a symbolic batch dimension runs at batch_size
+                self.shape = tuple(d if isinstance(d, int) else batch_size for d in dims)
             _log(f"compile {self.name} batch={batch_size} cores={num_cores}")
 
         def generate_random_inputs(self):
@@ -146,6 +152,52 @@ def test_time_interleaved_onnx_runs_real_graphs(fake):
     assert ds.time_interleaved_onnx([], 1) == [] and ds.time_models([], 1) == []
 
 
+def test_newer_onnx_files_are_handed_over_as_ir_9(fake, tmp_path):
+    """onnx 1.16+ writes IR 10, which DeepSparse 1.8 (onnx < 1.15) refuses: the worker gets an IR-9 copy, the
+    caller's file is left as it was, and an opset DeepSparse cannot run is one clear error."""
+    import onnx
+
+    from prunekit.cost.runtimes import LayerConfig, onnx_model
+
+    cfg = LayerConfig("conv", 4, 4, kernel=(3, 3), padding=(1, 1), in_spatial=(6, 6))
+    proto = onnx.load_from_string(onnx_model(cfg, 1))
+    proto.ir_version = 10
+    new = tmp_path / "ir10.onnx"
+    onnx.save(proto, str(new))
+    (ms,) = ds.time_models([new], 1, rounds=1, min_time_s=0.001)
+    assert len(ms) == 1 and ms[0] > 0
+    assert "compile 0-ir10.onnx" in fake.read_text()  # the copy, not the file itself
+    assert onnx.load(str(new)).ir_version == 10
+    proto.opset_import[0].version = 20
+    onnx.save(proto, str(tmp_path / "opset20.onnx"))
+    _one_line_error(
+        "opset 20.*TorchScript exporter at opset 17", ds.time_models, [tmp_path / "opset20.onnx"], 1
+    )
+
+
+def test_whole_models_are_exported_as_deepsparse_reads_them(fake):
+    """The dynamo exporter writes opset 18+ and IR 10, which DeepSparse 1.8 does not load (the fake refuses it as
+    the real one does): whole-model timing (a table's overhead calibration, ``lut eval``) exports for it with the
+    TorchScript exporter."""
+    import torch.nn as nn
+
+    from prunekit.cost.predict import whole_model_rounds
+
+    nets = [nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)) for c in (4, 8)]
+    out = whole_model_rounds(nets, (3, 8, 8), (1, 2), runtime="deepsparse", rounds=2)
+    assert len(out) == 2 and all(sorted(d) == [1, 2] and len(d[1]) == 2 and min(d[2]) > 0 for d in out)
+
+
+def test_unknown_exporter_is_refused(tmp_path):
+    import torch.nn as nn
+
+    from prunekit.export import export_onnx
+
+    with pytest.raises(PrunekitError, match="unknown ONNX exporter 'jit'"):
+        export_onnx(nn.Conv2d(1, 2, 3), tmp_path / "m.onnx", (1, 1, 8, 8), exporter="jit")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 # ---------------------------------------------------------------------------------------------- errors
 def test_missing_python_says_how_to_set_it_up(monkeypatch):
     monkeypatch.delenv(ds.ENV_VAR, raising=False)
@@ -231,3 +283,11 @@ def test_real_deepsparse_skips_zero_weights():
     # at density 0.1 (4x1 blocks), batch 1, one core: 3x3 ~1.3x and 1x1 ~2.2x faster on an AVX2 EPYC, more on
     # AVX-512 (shared/reference/cpu-runtimes.md); ONNX Runtime would time both like the dense layer
     assert ms[1] < ms[0] and ms[3] < 0.8 * ms[2], ms
+    # a whole model as torch exports it (IR 10, opset 18+ from the dynamo exporter) loads and runs
+    import torch.nn as nn
+
+    from prunekit.cost.predict import whole_model_rounds
+
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    (out,) = whole_model_rounds([net], (3, 16, 16), (1,), runtime="deepsparse", rounds=2)
+    assert len(out[1]) == 2 and min(out[1]) > 0

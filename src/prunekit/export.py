@@ -389,6 +389,10 @@ def _run_verification(
     return worst
 
 
+class _Legacy(Exception):
+    """``exporter="torchscript"``: skip the dynamo exporter."""
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -399,6 +403,7 @@ def export_onnx(
     opset: int | None = None,
     verify: bool = True,
     atol: float = 1e-4,
+    exporter: str = "auto",
 ) -> ExportInfo:
     """Export ``model`` (eval mode, on CPU) to an ONNX file at ``path`` and verify it.
 
@@ -421,18 +426,23 @@ def export_onnx(
         verify: run the file in ONNX Runtime on random ``N(0, 1)`` input (batch 1 and 3 if ``dynamic_batch``,
             else N) and compare with the original model's eval output.
         atol: tolerance of the verification: ``max |ort - torch| <= atol * max(1, max |torch|)``.
+        exporter: ``"auto"`` (dynamo, the TorchScript exporter if it fails) or ``"torchscript"`` (only the legacy
+            exporter, opset 17 by default, ONNX IR 8: for runtimes that read no newer file, such as DeepSparse 1.8;
+            the dynamo exporter writes opset 18+ whatever ``opset`` asks).
 
     Returns:
         :class:`ExportInfo` (path, opset, size in bytes, max abs diff, exporter used, ...).
 
     Raises:
-        PrunekitError: malformed ``input_shape``.
+        PrunekitError: malformed ``input_shape`` or an unknown ``exporter``.
         ExportError: both exporters fail, ``onnx.checker`` rejects the file, or (with ``verify``) ONNX Runtime
             cannot run it or its output differs from PyTorch beyond ``atol``.
     """
     import onnx
 
     shape = _check_shape(input_shape)
+    if exporter not in ("auto", "torchscript"):
+        raise PrunekitError(f"unknown ONNX exporter {exporter!r}: use 'auto' or 'torchscript'")
     path = Path(path)
     n_bn = _count_bn(model)
     net = (fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()).cpu()
@@ -441,14 +451,17 @@ def export_onnx(
     x = torch.randn((example_batch, *shape[1:]), generator=torch.Generator().manual_seed(0))
 
     with atomic_path(path) as tmp:
-        exporter = "dynamo"
         try:
+            if exporter == "torchscript":
+                raise _Legacy("the TorchScript exporter was asked for")
             _export_dynamo(net, x, tmp, opset, dynamic_batch)
+            exporter = "dynamo"
         except Exception as dyn_exc:
-            log.warning(
-                "dynamo ONNX export failed (%s); falling back to the TorchScript exporter",
-                _first_line(dyn_exc),
-            )
+            if not isinstance(dyn_exc, _Legacy):
+                log.warning(
+                    "dynamo ONNX export failed (%s); falling back to the TorchScript exporter",
+                    _first_line(dyn_exc),
+                )
             exporter = "torchscript"
             try:
                 _export_torchscript(net, x, tmp, opset, dynamic_batch)

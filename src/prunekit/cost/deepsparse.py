@@ -30,6 +30,8 @@ from prunekit.errors import PrunekitError
 log = logging.getLogger(__name__)
 
 ENV_VAR = "PRUNEKIT_DEEPSPARSE_PYTHON"
+MAX_IR_VERSION = 9  # the newest ONNX IR that DeepSparse 1.8.0 loads
+MAX_OPSET = 19  # the newest opset it loads (it refuses 20)
 WORKER = Path(__file__).with_name("deepsparse_worker.py")
 SETUP = (
     'set it up with `python3.11 -m venv ~/ds-env && ~/ds-env/bin/pip install deepsparse==1.8.0 "onnx<1.15" '
@@ -133,7 +135,8 @@ def time_models(
     :func:`prunekit.cost.runtimes.time_interleaved` does. Times are milliseconds per call of one batch.
 
     Args:
-        paths: ONNX files with fixed input shapes (the batch dimension must equal ``batch``).
+        paths: ONNX files with fixed input shapes (the batch dimension must equal ``batch``); one newer than
+            ONNX IR 9 is handed over as an IR-9 copy (:func:`_readable`), the file itself is not changed.
         python: the DeepSparse interpreter, as for :func:`find_python`.
         timeout_s: limit for the whole call; default 60 s plus 30 s per model.
 
@@ -141,8 +144,8 @@ def time_models(
         ``len(paths)`` lists of ``rounds`` floats (``[]`` for no paths).
 
     Raises:
-        PrunekitError: invalid settings, no interpreter, deepsparse not importable, a model that does not compile
-            or run (named), a timeout or a malformed reply.
+        PrunekitError: invalid settings, no interpreter, deepsparse not importable, a model of opset > 19 or one
+            that does not compile or run (named), a timeout or a malformed reply.
     """
     if not paths:
         return []
@@ -158,7 +161,55 @@ def time_models(
             f"min_time_s={min_time_s}, min_runs={min_runs}, max_runs={max_runs})"
         )
     python = find_python(python)
-    models = [str(Path(p).resolve()) for p in paths]
+    with tempfile.TemporaryDirectory(prefix="prunekit-ds-ir-") as tmp:
+        models = [_readable(Path(p), Path(tmp) / f"{i}-{Path(p).name}") for i, p in enumerate(paths)]
+        return _time(
+            python, models, batch, threads, rounds, warmup, min_time_s, min_runs, max_runs, timeout_s
+        )
+
+
+def _readable(path: Path, spare: Path) -> str:
+    """``path``, or where its IR version is newer than DeepSparse 1.8 reads (its onnx < 1.15 stops at IR 9; onnx
+    1.16+ writes IR 10), a copy at ``spare`` that declares IR 9. The graphs prunekit times use no IR-10 feature
+    (IR 10 added uint4 / int4 types and function overloads), so the copy computes the same model.
+
+    Raises:
+        PrunekitError: the model's opset is newer than DeepSparse runs (the message says how to export it).
+    """
+    import onnx
+
+    path = path.resolve()
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # not ONNX: let the worker name the file
+        log.debug("cannot read %s to check its IR version: %s", path, exc)
+        return str(path)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset > MAX_OPSET:
+        # onnx's version_converter cannot be trusted here: 18 -> 17 leaves ReduceMean an attribute opset 17 lacks
+        raise PrunekitError(
+            f"{path} uses ONNX opset {opset}; DeepSparse 1.8 runs opsets up to {MAX_OPSET}: export it with the "
+            f"TorchScript exporter at opset 17 (prunekit.export.export_onnx(..., exporter='torchscript'))"
+        )
+    if proto.ir_version <= MAX_IR_VERSION:
+        return str(path)
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    onnx.save(proto, str(spare))
+    return str(spare)
+
+
+def _time(
+    python: str,
+    models: list[str],
+    batch: int,
+    threads: int,
+    rounds: int,
+    warmup: int,
+    min_time_s: float,
+    min_runs: int,
+    max_runs: int,
+    timeout_s: float | None,
+) -> list[list[float]]:
     job = dict(
         models=models,
         batch=int(batch),

@@ -153,16 +153,20 @@ def _session_batch(session: Any) -> int | None:
     return dim0 if isinstance(dim0, int) and dim0 > 0 else None
 
 
-def export_for_timing(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int]) -> Path:
+def export_for_timing(
+    model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], *, exporter: str = "auto"
+) -> Path:
     """Export ``model`` to ``path`` the way latency is measured: BatchNorm folded, dynamic batch, not verified.
 
-    ``input_shape``: ``(C, H, W)`` or ``(N, C, H, W)`` (N is ignored). Returns ``path``.
+    ``input_shape``: ``(C, H, W)`` or ``(N, C, H, W)`` (N is ignored); ``exporter``: as
+    :func:`prunekit.export.export_onnx` (``"torchscript"`` for DeepSparse 1.8, which reads opset <= 19). Returns
+    ``path``.
 
     Raises:
         prunekit.export.ExportError: the model cannot be exported.
     """
     c, h, w = _chw(input_shape)
-    export_onnx(model, path, (1, c, h, w), fold_bn=True, dynamic_batch=True, verify=False)
+    export_onnx(model, path, (1, c, h, w), fold_bn=True, dynamic_batch=True, verify=False, exporter=exporter)
     return Path(path)
 
 

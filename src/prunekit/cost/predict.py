@@ -444,7 +444,10 @@ def _deepsparse_rounds(
 
     out: list[dict[int, list[float]]] = [{} for _ in nets]
     with tempfile.TemporaryDirectory(prefix="prunekit-ds-") as tmp:
-        paths = [export_for_timing(n, Path(tmp) / f"m{i}.onnx", input_shape) for i, n in enumerate(nets)]
+        paths = [
+            export_for_timing(n, Path(tmp) / f"m{i}.onnx", input_shape, exporter="torchscript")
+            for i, n in enumerate(nets)
+        ]
         for b in batches:
             per = time_models(paths, b, threads=threads, rounds=rounds, min_time_s=0.2)
             for d, ms in zip(out, per, strict=True):
