@@ -4,7 +4,7 @@ Usage:
     OMP_NUM_THREADS=1 python bench/jcw_evidence.py [--config configs/resnet20-jcw.yaml] [--variants joint channels
         weights] [--budgets 0.5 0.65 0.8] [--seeds 0 1 2] [--runtime ort|deepsparse] [--deepsparse-python PY]
         [--out bench/results/jcw] [--set KEY=VALUE ...] [--searches-only] [--no-train] [--remeasure ROUNDS]
-        [--overwrite] [--smoke]
+        [--time-fronts ROUNDS] [--overwrite] [--smoke]
 
 For one model (``--config``: data, baseline recipe, JCW search settings, member recipe) and one runtime:
 
@@ -29,7 +29,9 @@ resumes; ``--searches-only`` stops after step 3 (the members train in a later ca
 Members train seed-major (every variant x budget at seed 0, then seed 1, ...), so a sweep stopped part-way still
 compares every variant at every budget; ``--no-train`` trains no member and summarises the ones already trained;
 ``--remeasure R`` re-times every member's architecture beside the unpruned model in R interleaved rounds (both
-sides of each ratio from the same round; run it with the machine quiet).
+sides of each ratio from the same round; run it with the machine quiet), in ``--runtime``; ``--time-fronts R`` times
+every front member the same way (also with ``--searches-only``): measured vs predicted ratio and a hypervolume on
+the measured ratio, cached in ``<out>/<runtime>/front-timing.json``.
 Output: ``<out>/<runtime>/summary.{md,json}`` (mean ± std over seeds; a joint-vs-other difference not larger
 than the seed-to-seed spread is labelled noise) and ``fronts.png`` (the three fronts). ``--smoke``: tiny data and
 search, one seed, one budget; its numbers mean nothing.
@@ -191,6 +193,14 @@ def main() -> None:
         metavar="ROUNDS",
         help="re-time every trained member's architecture beside the unpruned model in ROUNDS interleaved rounds",
     )
+    ap.add_argument(
+        "--time-fronts",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="time every front member in the runtime beside the unpruned model (ROUNDS interleaved rounds; quiet "
+        "machine): measured vs predicted ratio, hypervolume on the measured ratio",
+    )
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if args.deepsparse_python:  # the searches check a DeepSparse table's signature in that environment too
@@ -301,8 +311,13 @@ def main() -> None:
                 }
             )
     if args.remeasure and not args.searches_only:
-        _remeasure(members, picks, out, args.remeasure)
+        _remeasure(members, picks, out, args.remeasure, args.runtime)
+    timing = (
+        _time_fronts(fronts, out, args.runtime, args.time_fronts, args.overwrite) if args.time_fronts else {}
+    )
     summary = _summarize(args, hv, ref, fronts, searches, members)
+    if timing:
+        summary["front_timing"] = _timing_summary(timing, ref)
     write_json(out / "summary.json", summary)
     write_text(out / "summary.md", _markdown(summary, command))
     try:
@@ -312,43 +327,100 @@ def main() -> None:
     print(_markdown(summary, command), flush=True)
 
 
-def _remeasure(members: list[dict], picks: dict, out: Path, rounds: int) -> None:
-    """Re-time every trained member's architecture beside the unpruned model in ``rounds`` interleaved rounds (ONNX
-    Runtime, batch 1, one thread; BN folded as deployed) and record ``remeasured_ratio`` (median over rounds of
-    member / unpruned in the same round) on each member row (in place).
+def _time_plans(files: list[Path], runtime: str, rounds: int) -> list[tuple[float, float]]:
+    """``(ratio, noise)`` per plan file: its architecture (the plan applied to a fresh model: sliced channels, and
+    the dropped weight blocks of each density zeroed) timed beside the unpruned model in ``rounds`` interleaved
+    rounds in ``runtime`` (batch 1, one thread, BN folded as deployed); ratio = median over rounds of plan /
+    unpruned in the same round, noise = (slowest - fastest) / median of the plan's rounds.
 
-    A member's own ``latency_ratio`` divides two medians timed minutes apart, at the ends of two runs, whatever
-    else the machine did in between; here both sides of every ratio come from the same round. The weights do not
-    enter an ONNX Runtime timing (dense kernels: zeros cost what other values cost), so the architecture is the
-    front member's plan applied to a fresh model: members trained in earlier sessions, whose weights are not
-    kept, are re-timed too."""
+    ONNX Runtime's dense kernels cost the same whatever the weights; DeepSparse skips zero blocks, and a fresh
+    model's zeros sit where a trained member's do in number per layer (the same block count at the same density),
+    not in place."""
     import statistics
 
     from prunekit.cost.predict import paired_ratio, whole_model_rounds
     from prunekit.models import create_model
     from prunekit.space import ChannelSpace, Plan, apply
 
-    keys = sorted({(m["variant"], m["budget"]) for m in members if "top1" in m})
-    if not keys:
-        return
     nets, shape = [], None
-    for v, b in keys:
-        plan = Plan.load(out / f"search-{v}" / "front" / picks[(v, b)]["file"])
+    for f in files:
+        plan = Plan.load(f)
         model = create_model(plan.model).eval()
         shape = tuple(plan.input_shape)
         if not nets:
             nets.append(model)  # the unpruned model first: every ratio's denominator
         nets.append(apply(model, plan, ChannelSpace.build(model, shape, quiet=True)).eval())
-    print(f"  re-timing {len(keys)} member architectures + the unpruned model, {rounds} rounds", flush=True)
-    res = whole_model_rounds(nets, shape, (1,), runtime="ort", threads=1, rounds=rounds)
+    if not files:
+        return []
+    res = whole_model_rounds(nets, shape, (1,), runtime=runtime, threads=1, rounds=rounds)
     full = res[0][1]
-    for (v, b), t in zip(keys, res[1:], strict=True):
-        ratio = paired_ratio(t[1], full)
-        noise = (max(t[1]) - min(t[1])) / statistics.median(t[1])
+    return [(paired_ratio(t[1], full), (max(t[1]) - min(t[1])) / statistics.median(t[1])) for t in res[1:]]
+
+
+def _remeasure(members: list[dict], picks: dict, out: Path, rounds: int, runtime: str) -> None:
+    """Re-time every trained member's architecture beside the unpruned model (:func:`_time_plans`, ``rounds``
+    rounds in ``runtime``) and record ``remeasured_ratio`` / ``remeasured_noise`` on each member row (in place).
+
+    A member's own ``latency_ratio`` divides two ONNX Runtime medians timed minutes apart, at the ends of two runs,
+    whatever else the machine did in between; here both sides of every ratio come from the same round. Members
+    trained in earlier sessions, whose weights are not kept, are re-timed too."""
+    keys = sorted({(m["variant"], m["budget"]) for m in members if "top1" in m})
+    if not keys:
+        return
+    print(
+        f"  re-timing {len(keys)} member architectures + the unpruned model, {rounds} rounds ({runtime})",
+        flush=True,
+    )
+    timed = _time_plans(
+        [out / f"search-{v}" / "front" / picks[(v, b)]["file"] for v, b in keys], runtime, rounds
+    )
+    for (v, b), (ratio, noise) in zip(keys, timed, strict=True):
         for m in members:
             if (m["variant"], m["budget"]) == (v, b) and "top1" in m:
                 m["remeasured_ratio"], m["remeasured_noise"] = ratio, noise
                 m["remeasured_cpu"] = machine_signature("ort", 1)["cpu"]
+                m["remeasured_runtime"] = runtime
+
+
+def _time_fronts(
+    fronts: dict, out: Path, runtime: str, rounds: int, overwrite: bool
+) -> dict[str, list[dict]]:
+    """Every front member of every search timed in ``runtime`` beside the unpruned model (:func:`_time_plans`, one
+    interleaved set of rounds for all of them), cached in ``<out>/front-timing.json`` (re-timed only when a front
+    changed, or with ``--overwrite``): ``{variant: [{"file", "predicted_ratio", "measured_ratio", "noise"}]}``."""
+    path = out / "front-timing.json"
+    want = {v: [r["file"] for r in rows] for v, (rows, _) in fronts.items()}
+    if path.exists() and not overwrite:
+        old = json.loads(path.read_text())
+        if old.get("files") == want and old.get("rounds") == rounds:
+            return old["fronts"]
+    flat = [(v, r, full) for v, (rows, full) in fronts.items() for r in rows]
+    print(f"  timing {len(flat)} front members + the unpruned model, {rounds} rounds ({runtime})", flush=True)
+    timed = _time_plans([out / f"search-{v}" / "front" / r["file"] for v, r, _ in flat], runtime, rounds)
+    res: dict[str, list[dict]] = {v: [] for v in fronts}
+    for (v, r, full), (ratio, noise) in zip(flat, timed, strict=True):
+        res[v].append(
+            {
+                "file": r["file"],
+                "proxy_loss": r["proxy_loss"],
+                "predicted_ratio": r["predicted_ms"] / full,
+                "measured_ratio": ratio,
+                "noise": noise,
+                "mean_density": r["mean_density"],
+            }
+        )
+    write_json(
+        path,
+        {
+            "runtime": runtime,
+            "rounds": rounds,
+            "cpu": machine_signature("ort", 1)["cpu"],
+            "load_avg": load_avg(),
+            "files": want,
+            "fronts": res,
+        },
+    )
+    return res
 
 
 def _summarize(args, hv, ref, fronts, searches, members) -> dict:
@@ -405,6 +477,28 @@ def _summarize(args, hv, ref, fronts, searches, members) -> dict:
     }
 
 
+def _timing_summary(timing: dict[str, list[dict]], ref: tuple[float, float]) -> dict[str, dict]:
+    """Per variant: the measured ratio range, the median |predicted - measured| / measured and the hypervolume of
+    (proxy loss, measured ratio) against the same reference point as the predicted one."""
+    import statistics
+
+    out = {}
+    for v, rows in timing.items():
+        if not rows:
+            continue
+        meas = [r["measured_ratio"] for r in rows]
+        out[v] = {
+            "members": len(rows),
+            "measured_ratio_range": [min(meas), max(meas)],
+            "median_abs_error": statistics.median(
+                abs(r["predicted_ratio"] - r["measured_ratio"]) / r["measured_ratio"] for r in rows
+            ),
+            "median_noise": statistics.median(r["noise"] for r in rows),
+            "hypervolume_measured": _hypervolume([(r["proxy_loss"], r["measured_ratio"]) for r in rows], ref),
+        }
+    return out
+
+
 def _markdown(s: dict, command: str) -> str:
     lines = [
         f"`{command}`",
@@ -428,6 +522,22 @@ def _markdown(s: dict, command: str) -> str:
         if s["joint_front_mean_density"]
         else "",
     ]
+    if s.get("front_timing"):
+        lines += [
+            "",
+            f"Every front member timed in {s['runtime']} beside the unpruned model (`--time-fronts`, interleaved "
+            "rounds, batch 1, one thread):",
+            "",
+            "| front | members | measured latency ratio | median \\|predicted - measured\\| / measured | noise (median) | "
+            "hypervolume (measured ratio) |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        for v, t in s["front_timing"].items():
+            lo, hi = t["measured_ratio_range"]
+            lines.append(
+                f"| {v} | {t['members']} | {lo:.2f}-{hi:.2f} | {t['median_abs_error']:.1%} | "
+                f"{t['median_noise']:.0%} | {t['hypervolume_measured']:.4f} |"
+            )
     if not s["aggregates"]:
         return "\n".join(lines + ["", "No members trained yet (`--searches-only`)."]) + "\n"
     lines += [
