@@ -148,6 +148,55 @@ def test_narrow_layers_below_the_channel_unit_are_measured_not_floored(monkeypat
     assert lm(one) < 0.5 * lm(unit)
 
 
+def test_a_grouped_conv_reads_the_grid_of_the_regime_it_runs_in(monkeypatch, tmp_path):
+    """ONNX Runtime blocks a G-group conv only where every group's channels are multiples of its block (else a
+    slower kernel, here 3x): the table measures the two regimes on separate grids -- multiples of G x block, and
+    multiples of G off them -- so each layer's prediction is exact for a cost bilinear within each regime. Before,
+    one grid held both (the block's multiples that G divides) and interpolation mixed them: a 2-group 64 -> 64
+    conv on AVX-512 read 0.71 ms between its unblocked neighbours where it runs in 0.29 ms."""
+    fake_time(monkeypatch)
+
+    def cost(cfg: LayerConfig, batch: int) -> float:
+        k = int(np.prod(cfg.kernel)) if cfg.kind != "linear" else 1
+        pos = int(np.prod(cfg.in_spatial)) if cfg.in_spatial else 1
+        base = 1e-6 * batch * pos * k * cfg.c_in * cfg.c_out / cfg.groups
+        g = cfg.groups
+        unblocked = g > 1 and ((cfg.c_in // g) % 8 or (cfg.c_out // g) % 8)
+        return base * (3.0 if unblocked else 2.0 if cfg.c_in % 8 else 1.0)
+
+    monkeypatch.setattr(lut_mod, "runnable", lambda cfg, batch, runtime, threads: lambda: cost(cfg, batch))
+    model = create_model("resnet20")
+    shape = (1, 3, 32, 32)
+    table = build_table(model, shape, tmp_path / "t.json", points=5, groups=(1, 2), overhead=fake_overhead)
+    e = table.entries[table.layer_entry["layer3.1.conv1"]]  # 64 -> 64
+    assert e.grids["2"].c_in == [16, 32, 48, 64] and all(c % 16 == 0 for c in e.grids["2"].c_out)
+    assert e.grids["2u"].c_in and all(c % 2 == 0 and c % 16 for c in e.grids["2u"].c_in + e.grids["2u"].c_out)
+    space = ChannelSpace.build(model, shape, quiet=True)
+    lm = LatencyModel(table, space)
+    from prunekit.space.plan import add_weight_choices
+
+    checked = {True: 0, False: 0}
+    for mult in (0.5, 0.75):  # widths 8 / 16 / 32 and 16 / 24 / 48: groups of 4, 8, 12, 16, 24 channels
+        plan = add_weight_choices(
+            plan_from_widths(space, uniform_widths(space, mult, round_to=8)),
+            space,
+            conv_groups=2,
+            permute=False,
+        )[0]
+        grp = {n: np.array([lc.conv_groups]) for n, lc in plan.layers.items() if lc.conv_groups}
+        widths = plan.widths(space)[None]
+        got = lm.layer_ms(widths, None, grp)
+        ci, co, _ = lm._channels(widths, grp)
+        for j, n in enumerate(lm._rows):
+            if n not in grp:
+                continue
+            cfg = lut_mod._cfg(table.entries[table.layer_entry[n]], int(ci[0, j]), int(co[0, j]), 2)
+            want = cost(cfg, 1)
+            assert float(got[n][0]) == pytest.approx(want, rel=1e-9), (n, cfg.c_in, cfg.c_out)
+            checked[bool((cfg.c_in // 2) % 8 == 0 and (cfg.c_out // 2) % 8 == 0)] += 1
+    assert checked[True] >= 4 and checked[False] >= 4, checked  # both regimes were read
+
+
 def test_a_depthwise_conv_off_multiples_of_4_reads_its_own_unblocked_grid(monkeypatch, tmp_path):
     """ONNX Runtime blocks a depthwise conv only at channel counts that are multiples of 4 (off them it costs ~2.3x
     on this machine): the table must measure such counts (``1o``), not read the blocked ones of ``1u``."""

@@ -35,7 +35,7 @@ from prunekit.space.plan import add_weight_choices
 class _Reader:
     """Interpolates one grid at one batch size: ``(c_in [N], c_out [N]) -> ms [N]``."""
 
-    def __init__(self, grid: Grid, batch: str, tied: bool) -> None:
+    def __init__(self, grid: Grid, batch: str, tied: bool, reach: float = 0.0) -> None:
         values = np.asarray(grid.ms[batch], dtype=np.float64)  # [len(c_in), len(c_out)]
         self.c_in = np.asarray(grid.c_in, dtype=np.float64)
         self.c_out = np.asarray(grid.c_out, dtype=np.float64)
@@ -52,7 +52,14 @@ class _Reader:
             values = values[:, :1]
         values = values.reshape([len(a) for a in axes]) if axes else values.reshape(())
         self.const = float(values) if not axes else None
-        self.rgi = RegularGridInterpolator(tuple(axes), values) if axes else None
+        # ``reach``: read up to that many channels past the last point, linearly extrapolated (a ``Gu`` grid stops
+        # one group below the block multiple its unblocked layers may still reach on one axis)
+        self.reach = float(reach)
+        self.rgi = (
+            RegularGridInterpolator(tuple(axes), values, bounds_error=False, fill_value=None)
+            if axes
+            else None
+        )
 
     def __call__(self, c_in: np.ndarray, c_out: np.ndarray) -> np.ndarray:
         if self.rgi is None:
@@ -60,7 +67,7 @@ class _Reader:
         cols = []
         for d in self.dims:
             axis, c = (self.c_in, c_in) if d == 0 else (self.c_out, c_out)
-            cols.append(np.clip(c, axis[0], axis[-1]))
+            cols.append(np.clip(c, axis[0], axis[-1] + self.reach))
         return self.rgi(np.stack(cols, axis=-1))
 
 
@@ -96,7 +103,9 @@ class LatencyModel:
         b = str(self.batch_size)
         for key, e in table.entries.items():
             for g_key, grid in e.grids.items():
-                self._readers[(key, g_key)] = _Reader(grid, b, e.tied)
+                g = int(g_key.rstrip("uo"))
+                reach = g * table.unit if g > 1 and g_key.endswith("u") else 0.0
+                self._readers[(key, g_key)] = _Reader(grid, b, e.tied, reach)
         self._rows = {n: self.cost.names.index(n) for n in self._layers()}
         entries = [table.entries[table.layer_entry[n]] for n in self._rows]
         self._in_pos = np.array([_in_positions(e) for e in entries])
@@ -180,7 +189,8 @@ class LatencyModel:
     def _read(
         self, key: str, e: Entry, ci: np.ndarray, co: np.ndarray, g: np.ndarray, blocked: np.ndarray
     ) -> np.ndarray:
-        """ms ``[N]`` of one layer: a regrouped conv from its ``G`` grid; a blocked one from the aligned grid
+        """ms ``[N]`` of one layer: a regrouped conv from its ``G`` grid where it runs blocked, its ``Gu`` grid where
+        not (a table without ``Gu``: ``G`` for both); a blocked one from the aligned grid
         (ONNX Runtime: at the channel counts padded to the block, which is what it computes); an unblocked one from
         the unaligned grid of its input count's residue (``1u``: a multiple of half the unit, ``1o``: not; ONNX
         Runtime blocks the former, so it reads ``1o``)."""
@@ -194,7 +204,13 @@ class LatencyModel:
                         f"latency table has no {int(value)}-group measurements for {e.layers[0]}; rebuild it with "
                         f"--groups including {int(value)}"
                     )
-                ms[sel] = reader(ci[sel], co[sel])
+                odd = self._readers.get((key, f"{int(value)}u"))  # tables before it: one grid for both
+                off = sel & ~blocked if odd is not None else np.zeros_like(sel)
+                on = sel & ~off
+                if on.any():
+                    ms[on] = reader(ci[on], co[on])
+                if off.any():
+                    ms[off] = odd(ci[off], co[off])
                 continue
             u = self._readers.get((key, "1u"))
             a = sel & (blocked | (u is None))
