@@ -267,13 +267,19 @@ def main() -> None:
         if m is None:
             print(f"  {v} @ {b:g}: no front member within the budget", flush=True)
             members.append({"variant": v, "budget": b, "skipped": "no front member within the budget"})
+    # a front member that is the pick of several budgets trains once, in the directory of the first of them
+    first = {}
+    for (v, b), m in picks.items():
+        if m is not None:
+            first.setdefault((v, m["file"]), b)
     # seed-major: every variant x budget once before any second seed, so a partial sweep compares them all
     for s in [] if args.searches_only else args.seeds:
         for (v, b), m in picks.items():
             if m is None:
                 continue
-            d = out / f"member-{v}-{b:g}" / f"seed{s}"
-            tree = _member_tree(base, out / f"search-{v}" / "front" / m["file"], s, f"jcw-{v}-{b:g}-seed{s}")
+            b0 = first[(v, m["file"])]
+            d = out / f"member-{v}-{b0:g}" / f"seed{s}"
+            tree = _member_tree(base, out / f"search-{v}" / "front" / m["file"], s, f"jcw-{v}-{b0:g}-seed{s}")
             tree["baseline"] = {"checkpoint": ckpt, "train": None}
             label = f"member {v} @ {b:g}, seed {s}"
             if args.no_train:
@@ -294,6 +300,7 @@ def main() -> None:
                     "budget": b,
                     "seed": s,
                     "member": m["member"],
+                    "trained_for_budget": b0,  # != budget: the same member as that budget's
                     "predicted_ratio": m["predicted_ms"] / full,
                     "mean_density": m["mean_density"],
                     "mean_width_ratio": m["mean_width_ratio"],
@@ -441,6 +448,7 @@ def _summarize(args, hv, ref, fronts, searches, members) -> dict:
                     "top1_std": ts,
                     "latency_ratio": lr,
                     "latency_ratio_std": lrs,
+                    "member": rows[0].get("member"),
                     "predicted_ratio": rows[0]["predicted_ratio"],
                     "remeasured_ratio": rows[0].get("remeasured_ratio"),
                     "remeasured_noise": rows[0].get("remeasured_noise"),
@@ -536,15 +544,15 @@ def _markdown(s: dict, command: str) -> str:
             lo, hi = t["measured_ratio_range"]
             lines.append(
                 f"| {v} | {t['members']} | {lo:.2f}-{hi:.2f} | {t['median_abs_error']:.1%} | "
-                f"{t['median_noise']:.0%} | {t['hypervolume_measured']:.4f} |"
+                f"{t['median_noise']:.1%} | {t['hypervolume_measured']:.4f} |"
             )
     if not s["aggregates"]:
-        return "\n".join(lines + ["", "No members trained yet (`--searches-only`)."]) + "\n"
+        return "\n".join(lines + ["", "No members trained yet."]) + "\n"
     lines += [
         "",
-        "| variant | budget | n | top-1 | measured latency ratio (per run) | re-timed ratio (interleaved; noise) | "
+        "| variant | budget | member | n | top-1 | measured latency ratio (per run) | re-timed ratio (interleaved; noise) | "
         "predicted ratio | mean density | mean width |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for a in s["aggregates"]:
         again = (
@@ -553,7 +561,7 @@ def _markdown(s: dict, command: str) -> str:
             else "–"
         )
         lines.append(
-            f"| {a['variant']} | {a['budget']:g} | {a['n']} | {100 * a['top1']:.2f} ± {100 * a['top1_std']:.2f} | "
+            f"| {a['variant']} | {a['budget']:g} | {a.get('member', '–')} | {a['n']} | {100 * a['top1']:.2f} ± {100 * a['top1_std']:.2f} | "
             f"{_f(a['latency_ratio'])} ± {_f(a['latency_ratio_std'])} | {again} | {a['predicted_ratio']:.3f} | "
             f"{a['mean_density']:.2f} | {a['mean_width_ratio']:.2f} |"
         )
