@@ -5,8 +5,8 @@ Usage:
     OMP_NUM_THREADS=1 python bench/lut_inmodel.py --lut bench/results/lut-avx512/resnet50-224.lut.json
         [--model resnet50] [--input-size 224] [--plans 1.0 1.0:2 0.5 0.5:2 ...] [--runs 30] [--out DIR]
 
-Each plan (``MULT`` = uniform width multiplier rounded to the table's channel unit, ``MULT:G`` = the same with every
-eligible dense conv at ``G`` groups) is exported as deployed (BN folded) and run ``--runs`` times in ONNX Runtime
+Each plan (``MULT`` = uniform width multiplier rounded to the table's channel unit, ``MULTu`` = not rounded,
+``MULT:G`` = with every eligible dense conv at ``G`` groups) is exported as deployed (BN folded) and run ``--runs`` times in ONNX Runtime
 (batch 1, one thread, all optimisations) with ``enable_profiling``; per node, the median kernel time over the runs.
 Conv nodes (``Conv`` / ``FusedConv``, blocked ``nchwc`` included) are matched to the table's layers by the module
 name the exporter records (:func:`conv_modules`); everything else (reorders, pooling, adds, activations left as nodes) is
@@ -128,7 +128,8 @@ def main() -> None:
     results = []
     for label in args.plans:
         mult, _, g = label.partition(":")
-        plan = plan_from_widths(space, uniform_widths(space, float(mult), round_to=table.unit))
+        step = 1 if mult.endswith("u") else table.unit  # "0.55u": unrounded
+        plan = plan_from_widths(space, uniform_widths(space, float(mult.rstrip("u")), round_to=step))
         if g:
             plan = add_weight_choices(plan, space, conv_groups=int(g), permute=False)[0]
         widths = plan.widths(space).reshape(1, -1)
