@@ -392,8 +392,10 @@ def _small_counts(
 
     * ``blocked_small_inputs`` (ONNX Runtime): a conv with fewer input channels than the block runs blocked,
       reading its NCHW input directly, at a cost about linear in those channels (measured on AVX-512, 3x3 conv
-      28x28 -> 16: 0.016 ms at 1 input channel, 0.030 at 8, 0.059 at 16), so the aligned grid gets inputs
-      ``1, unit/4, unit/2``; its outputs are padded to the block and need none.
+      28x28 -> 16: 0.016 ms at 1 input channel, 0.030 at 8, 0.059 at 16) up to ``unit - 1``, where it can cost
+      more than the unit itself (1x1 conv 56x56 -> 80: 0.14 ms at 8 inputs, 0.20 at 13, 0.12 at 16, which pays a
+      reorder instead), so the aligned grid gets inputs ``1, unit/4, unit/2, 3 unit/4, unit - 1``; its outputs are
+      padded to the block and need none.
     * Unaligned grids (``1u`` / ``1o``): outputs ``1, unit/4`` (an unblocked conv's cost falls with its outputs:
       0.052 ms at 1, 0.085 at 8, 0.11 at 16 for 23 inputs); inputs the same on runtimes without ONNX Runtime's
       rule (there a narrow input is unaligned); a depthwise conv's one count only ``1`` on ``1o`` (its other
@@ -401,7 +403,8 @@ def _small_counts(
     u_in, u_out = e.in_unit, e.out_unit
     g1 = e.grids["1"]
     if blocked_small_inputs and not (in_fixed or depthwise):
-        g1.c_in = _below(g1.c_in, u_in, multiple, (1, u_in // 4, u_in // 2)) + g1.c_in
+        below = (1, u_in // 4, u_in // 2, 3 * u_in // 4, u_in - 1)
+        g1.c_in = _below(g1.c_in, u_in, multiple, below) + g1.c_in
     for key in ("1u", "1o"):
         grid = e.grids.get(key)
         if grid is None:
