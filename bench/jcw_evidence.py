@@ -44,6 +44,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -343,12 +344,12 @@ def _time_plans(files: list[Path], runtime: str, rounds: int) -> list[tuple[floa
     ONNX Runtime's dense kernels cost the same whatever the weights; DeepSparse skips zero blocks, and a fresh
     model's zeros sit where a trained member's do in number per layer (the same block count at the same density),
     not in place."""
-    import statistics
-
     from prunekit.cost.predict import paired_ratio, whole_model_rounds
     from prunekit.models import create_model
     from prunekit.space import ChannelSpace, Plan, apply
 
+    if not files:
+        return []
     nets, shape = [], None
     for f in files:
         plan = Plan.load(f)
@@ -357,8 +358,6 @@ def _time_plans(files: list[Path], runtime: str, rounds: int) -> list[tuple[floa
         if not nets:
             nets.append(model)  # the unpruned model first: every ratio's denominator
         nets.append(apply(model, plan, ChannelSpace.build(model, shape, quiet=True)).eval())
-    if not files:
-        return []
     res = whole_model_rounds(nets, shape, (1,), runtime=runtime, threads=1, rounds=rounds)
     full = res[0][1]
     return [(paired_ratio(t[1], full), (max(t[1]) - min(t[1])) / statistics.median(t[1])) for t in res[1:]]
@@ -371,19 +370,23 @@ def _remeasure(members: list[dict], picks: dict, out: Path, rounds: int, runtime
     A member's own ``latency_ratio`` divides two ONNX Runtime medians timed minutes apart, at the ends of two runs,
     whatever else the machine did in between; here both sides of every ratio come from the same round. Members
     trained in earlier sessions, whose weights are not kept, are re-timed too."""
-    keys = sorted({(m["variant"], m["budget"]) for m in members if "top1" in m})
+    # one timing per architecture: budgets that picked the same front member share it
+    arch = {
+        (m["variant"], m["budget"]): (m["variant"], picks[(m["variant"], m["budget"])]["file"])
+        for m in members
+        if "top1" in m
+    }
+    keys = sorted(set(arch.values()))
     if not keys:
         return
     print(
         f"  re-timing {len(keys)} member architectures + the unpruned model, {rounds} rounds ({runtime})",
         flush=True,
     )
-    timed = _time_plans(
-        [out / f"search-{v}" / "front" / picks[(v, b)]["file"] for v, b in keys], runtime, rounds
-    )
-    for (v, b), (ratio, noise) in zip(keys, timed, strict=True):
+    timed = _time_plans([out / f"search-{v}" / "front" / f for v, f in keys], runtime, rounds)
+    for key, (ratio, noise) in zip(keys, timed, strict=True):
         for m in members:
-            if (m["variant"], m["budget"]) == (v, b) and "top1" in m:
+            if "top1" in m and arch[(m["variant"], m["budget"])] == key:
                 m["remeasured_ratio"], m["remeasured_noise"] = ratio, noise
                 m["remeasured_cpu"] = machine_signature("ort", 1)["cpu"]
                 m["remeasured_runtime"] = runtime
@@ -394,7 +397,8 @@ def _time_fronts(
 ) -> dict[str, list[dict]]:
     """Every front member of every search timed in ``runtime`` beside the unpruned model (:func:`_time_plans`, one
     interleaved set of rounds for all of them), cached in ``<out>/front-timing.json`` (re-timed only when a front
-    changed, or with ``--overwrite``): ``{variant: [{"file", "predicted_ratio", "measured_ratio", "noise"}]}``."""
+    changed, or with ``--overwrite``): ``{variant: [{"file", "proxy_loss", "predicted_ratio", "measured_ratio",
+    "noise", "mean_density"}]}``."""
     path = out / "front-timing.json"
     want = {v: [r["file"] for r in rows] for v, (rows, _) in fronts.items()}
     if path.exists() and not overwrite:
@@ -488,8 +492,6 @@ def _summarize(args, hv, ref, fronts, searches, members) -> dict:
 def _timing_summary(timing: dict[str, list[dict]], ref: tuple[float, float]) -> dict[str, dict]:
     """Per variant: the measured ratio range, the median |predicted - measured| / measured and the hypervolume of
     (proxy loss, measured ratio) against the same reference point as the predicted one."""
-    import statistics
-
     out = {}
     for v, rows in timing.items():
         if not rows:

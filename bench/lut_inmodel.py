@@ -18,6 +18,7 @@ or not) the in-model over table-alone ratio. Run it with the machine quiet.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import statistics
 import sys
@@ -30,6 +31,7 @@ import numpy as np
 from prunekit.cost.latency import export_for_timing
 from prunekit.cost.lut import load_table
 from prunekit.cost.predict import LatencyModel
+from prunekit.export import ort_session
 from prunekit.io import write_json
 from prunekit.models import create_model, parse_spec
 from prunekit.space import ChannelSpace, apply, plan_from_widths, uniform_widths
@@ -40,18 +42,8 @@ CONV_OPS = {"Conv", "FusedConv"}
 
 def profile(onnx_path: Path, shape: tuple[int, ...], runs: int) -> tuple[list[tuple[str, str, float]], float]:
     """``([(node name, op type, median µs)] in execution order, median whole-run µs)`` of ``runs`` profiled runs."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    so.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="prunekit-prof-") as tmp:
-        so.profile_file_prefix = str(Path(tmp) / "prof")
-        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        sess = ort_session(onnx_path, threads=1, profile_prefix=str(Path(tmp) / "prof"))
         name = sess.get_inputs()[0].name
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         for _ in range(5 + runs):  # 5 warm-up runs; the last `runs` of every node are kept
@@ -84,7 +76,7 @@ def conv_modules(onnx_path: Path, prof_nodes: list[str]) -> dict[str, str]:
 
     def module(n) -> str:
         meta = {m.key: m.value for m in n.metadata_props}
-        scopes = json.loads(meta.get("pkg.torch.onnx.name_scopes", "[]").replace("'", '"'))
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))  # a Python list's repr
         return scopes[-2] if len(scopes) >= 2 else n.name
 
     def convs_behind(node, seen=None) -> list:
@@ -124,7 +116,7 @@ def main() -> None:
     shape = tuple(table.input_shape)
     space = ChannelSpace.build(model, shape, quiet=True)
     lm = LatencyModel(table, space, batch=1)
-    layers = [n for n in lm._rows]
+    layers = list(lm._rows)
     results = []
     for label in args.plans:
         mult, _, g = label.partition(":")

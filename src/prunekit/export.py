@@ -277,12 +277,16 @@ def _count_bn(model: nn.Module) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def ort_session(path_or_bytes: str | os.PathLike | bytes, threads: int = 1):
+def ort_session(
+    path_or_bytes: str | os.PathLike | bytes, threads: int = 1, *, profile_prefix: str | None = None
+):
     """Create a CPU ONNX Runtime session tuned for latency measurement.
 
     Args:
         path_or_bytes: path to an ``.onnx`` file, or the serialised model bytes.
         threads: ``intra_op_num_threads`` (>= 1); ``inter_op_num_threads`` is always 1.
+        profile_prefix: turn on ONNX Runtime's profiler, writing its JSON trace (per-node kernel times in µs) to a
+            file with this prefix when ``session.end_profiling()`` is called (it returns the path).
 
     Returns:
         ``onnxruntime.InferenceSession`` with ``ORT_ENABLE_ALL`` graph optimisation on
@@ -301,6 +305,9 @@ def ort_session(path_or_bytes: str | os.PathLike | bytes, threads: int = 1):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
     if isinstance(path_or_bytes, (bytes, bytearray)):
         model: str | bytes = bytes(path_or_bytes)
         where = "<bytes>"
@@ -389,8 +396,9 @@ def _run_verification(
     return worst
 
 
-class _Legacy(Exception):
-    """``exporter="torchscript"``: skip the dynamo exporter."""
+def onnx_opset(proto: Any) -> int:
+    """The default-domain (``ai.onnx``) opset an ``onnx.ModelProto`` imports; -1 if it imports none."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
 
 
 def export_onnx(
@@ -451,23 +459,23 @@ def export_onnx(
     x = torch.randn((example_batch, *shape[1:]), generator=torch.Generator().manual_seed(0))
 
     with atomic_path(path) as tmp:
-        try:
-            if exporter == "torchscript":
-                raise _Legacy("the TorchScript exporter was asked for")
-            _export_dynamo(net, x, tmp, opset, dynamic_batch)
-            exporter = "dynamo"
-        except Exception as dyn_exc:
-            if not isinstance(dyn_exc, _Legacy):
+        dynamo_error = "not tried (exporter='torchscript')"
+        if exporter == "auto":
+            try:
+                _export_dynamo(net, x, tmp, opset, dynamic_batch)
+                exporter = "dynamo"
+            except Exception as dyn_exc:
+                dynamo_error = _first_line(dyn_exc)
                 log.warning(
-                    "dynamo ONNX export failed (%s); falling back to the TorchScript exporter",
-                    _first_line(dyn_exc),
+                    "dynamo ONNX export failed (%s); falling back to the TorchScript exporter", dynamo_error
                 )
+        if exporter != "dynamo":
             exporter = "torchscript"
             try:
                 _export_torchscript(net, x, tmp, opset, dynamic_batch)
             except Exception as ts_exc:
                 raise ExportError(
-                    f"cannot export {type(model).__name__} to ONNX: dynamo exporter: {_first_line(dyn_exc)}; "
+                    f"cannot export {type(model).__name__} to ONNX: dynamo exporter: {dynamo_error}; "
                     f"TorchScript exporter: {_first_line(ts_exc)} (make forward traceable: no data-dependent "
                     "Python control flow)"
                 ) from None
@@ -476,7 +484,7 @@ def export_onnx(
         except Exception as exc:
             raise ExportError(f"exported ONNX model fails onnx.checker: {_first_line(exc)}") from None
         proto = onnx.load(str(tmp), load_external_data=False)
-        opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
+        opset_used = onnx_opset(proto)
         max_diff: float | None = None
         if verify:
             batches = [1, 3] if dynamic_batch else [shape[0]]

@@ -163,9 +163,32 @@ def time_models(
     python = find_python(python)
     with tempfile.TemporaryDirectory(prefix="prunekit-ds-ir-") as tmp:
         models = [_readable(Path(p), Path(tmp) / f"{i}-{Path(p).name}") for i, p in enumerate(paths)]
-        return _time(
-            python, models, batch, threads, rounds, warmup, min_time_s, min_runs, max_runs, timeout_s
+        job = dict(
+            models=models,
+            batch=int(batch),
+            threads=int(threads),
+            rounds=int(rounds),
+            warmup=int(warmup),
+            min_time_s=float(min_time_s),
+            min_runs=int(min_runs),
+            max_runs=int(max_runs),
         )
+        reply = _run(python, job, timeout_s if timeout_s is not None else 60.0 + 30.0 * len(models))
+    ms = reply.get("ms")
+    if not (
+        isinstance(ms, list)
+        and len(ms) == len(models)
+        and all(isinstance(m, list) and len(m) == rounds for m in ms)
+        and all(isinstance(t, (int, float)) and t >= 0 for m in ms for t in m)
+    ):
+        raise PrunekitError(
+            f"the DeepSparse worker ({python}) gave a malformed result: expected {len(models)} lists of "
+            f"{rounds} times, got {_line(repr(ms))[:120]}"
+        )
+    for path, frac in zip(paths, reply.get("supported") or [], strict=False):  # the caller's names
+        if isinstance(frac, (int, float)) and frac < 1.0:
+            log.warning("DeepSparse runs only %.0f%% of %s itself (the rest falls back)", 100 * frac, path)
+    return [[float(t) for t in m] for m in ms]
 
 
 def _readable(path: Path, spare: Path) -> str:
@@ -178,13 +201,15 @@ def _readable(path: Path, spare: Path) -> str:
     """
     import onnx
 
+    from prunekit.export import onnx_opset
+
     path = path.resolve()
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # not ONNX: let the worker name the file
         log.debug("cannot read %s to check its IR version: %s", path, exc)
         return str(path)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = onnx_opset(proto)
     if opset > MAX_OPSET:
         # onnx's version_converter cannot be trusted here: 18 -> 17 leaves ReduceMean an attribute opset 17 lacks
         raise PrunekitError(
@@ -193,49 +218,9 @@ def _readable(path: Path, spare: Path) -> str:
         )
     if proto.ir_version <= MAX_IR_VERSION:
         return str(path)
-    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    proto.ir_version = MAX_IR_VERSION
     onnx.save(proto, str(spare))
     return str(spare)
-
-
-def _time(
-    python: str,
-    models: list[str],
-    batch: int,
-    threads: int,
-    rounds: int,
-    warmup: int,
-    min_time_s: float,
-    min_runs: int,
-    max_runs: int,
-    timeout_s: float | None,
-) -> list[list[float]]:
-    job = dict(
-        models=models,
-        batch=int(batch),
-        threads=int(threads),
-        rounds=int(rounds),
-        warmup=int(warmup),
-        min_time_s=float(min_time_s),
-        min_runs=int(min_runs),
-        max_runs=int(max_runs),
-    )
-    reply = _run(python, job, timeout_s if timeout_s is not None else 60.0 + 30.0 * len(models))
-    ms = reply.get("ms")
-    if not (
-        isinstance(ms, list)
-        and len(ms) == len(models)
-        and all(isinstance(m, list) and len(m) == rounds for m in ms)
-        and all(isinstance(t, (int, float)) and t >= 0 for m in ms for t in m)
-    ):
-        raise PrunekitError(
-            f"the DeepSparse worker ({python}) gave a malformed result: expected {len(models)} lists of "
-            f"{rounds} times, got {_line(repr(ms))[:120]}"
-        )
-    for path, frac in zip(models, reply.get("supported") or [], strict=False):
-        if isinstance(frac, (int, float)) and frac < 1.0:
-            log.warning("DeepSparse runs only %.0f%% of %s itself (the rest falls back)", 100 * frac, path)
-    return [[float(t) for t in m] for m in ms]
 
 
 def time_interleaved_onnx(

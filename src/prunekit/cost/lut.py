@@ -15,10 +15,10 @@ module builds such a table for any model of a :class:`~prunekit.space.channels.C
   -- ``grids["1u"]`` samples those, ``grids["1o"]`` the others); an axis fed by fixed channels (the image, a
   dropped group) has one point. Below the unit, points at one channel and fractions of the unit
   (:func:`_small_counts`: a narrow layer's cost still falls there; without them the table had a floor). Group
-  counts ``groups`` (GConv) are
-  measured for dense convs on two grids of their own (:func:`_group_grids`: multiples of ``G x unit``, where ONNX
-  Runtime blocks a grouped conv, and multiples of ``G`` off them, where it does not); weight densities ``densities`` at full width, as a factor
-  over the dense time (ONNX Runtime and torch do not skip zero weights: the factor is ~1, and the table shows it).
+  counts ``groups`` (GConv) are measured for dense convs on two grids of their own (:func:`_group_grids`:
+  multiples of ``G x unit``, where ONNX Runtime blocks a grouped conv, and multiples of ``G`` off them, where it
+  does not); weight densities ``densities`` at full width, as a factor over the dense time (ONNX Runtime and
+  torch do not skip zero weights: the factor is ~1, and the table shows it).
 * **Overhead**: what the layers do not cover (activations, pooling, adds, concatenations, layout reorders, the
   per-call cost every layer paid alone) is the measured whole-model latency minus the sum of the layer
   predictions, at thirteen calibration widths; :class:`Overhead` fits it linearly on per-plan features (ONNX
@@ -78,7 +78,8 @@ class Entry(BaseModel):
     the one channel count, which is unblocked off multiples of 4 and then costs ~2.3x the blocked kernel at 56x56
     on this project's AVX2 machine); ``grids["G"]``
     (G > 1) the dense conv turned into a G-group conv, at counts where ONNX Runtime blocks it (multiples of G x the
-    unit) and ``grids["Gu"]`` at multiples of G where it does not (:func:`_group_grids`). ``tied``: a depthwise conv (``c_in == c_out``, one axis)."""
+    unit) and ``grids["Gu"]`` at multiples of G where it does not (:func:`_group_grids`). ``tied``: a depthwise
+    conv (``c_in == c_out``, one axis)."""
 
     model_config = ConfigDict(extra="forbid")
     kind: str
@@ -226,11 +227,19 @@ def _axis(full: int, unit: int, k: int, fixed: bool, multiple: int = 1) -> list[
     if fixed:
         return [full]
     step = math.lcm(max(1, unit), max(1, multiple))
-    cands = list(range(step, full, step)) + [full]
-    if len(cands) > k:
-        idx = np.unique(np.round(np.linspace(0, len(cands) - 1, k)).astype(int))
-        cands = [cands[i] for i in idx]
-    return cands
+    return _spread(list(range(step, full, step)) + [full], k)
+
+
+def _spread(cands: list[int], k: int) -> list[int]:
+    """At most ``k`` of ``cands`` (sorted), evenly spread over them, the first and the last always among them."""
+    if len(cands) <= k:
+        return cands
+    return [cands[i] for i in np.unique(np.round(np.linspace(0, len(cands) - 1, k)).astype(int))]
+
+
+def group_count(grid_key: str) -> int:
+    """The conv group count of a grid key (``"1"``, ``"1u"``, ``"1o"``, ``"2"``, ``"2u"``, ...)."""
+    return int(grid_key.rstrip("uo"))
 
 
 def _unaligned(points: list[int], unit: int, multiple: int, fixed: bool, offset: int = 0) -> list[int]:
@@ -368,12 +377,7 @@ def _group_grids(
         return [full] if fixed else _axis(full, g * unit, k, False)
 
     def unblocked_axis(full: int, unit: int, fixed: bool) -> list[int]:
-        if fixed:
-            return [full]
-        cands = [c for c in range(g, full + 1, g) if c % (g * unit)]
-        if len(cands) > k:
-            cands = [cands[i] for i in np.unique(np.round(np.linspace(0, len(cands) - 1, k)).astype(int))]
-        return cands
+        return [full] if fixed else _spread([c for c in range(g, full + 1, g) if c % (g * unit)], k)
 
     out = {str(g): Grid(c_in=blocked_axis(c_in, u_in, in_fixed), c_out=blocked_axis(c_out, u_out, out_fixed))}
     if u_in > 1 or u_out > 1:
@@ -452,7 +456,7 @@ def measure_entry(
         for g_key, grid in e.grids.items():
             for i, ci in enumerate(grid.c_in):
                 for j, co in enumerate(grid.c_out):
-                    cfgs.append((g_key, i, j, _cfg(e, ci, co, int(g_key.rstrip("uo")))))
+                    cfgs.append((g_key, i, j, _cfg(e, ci, co, group_count(g_key))))
         dens = [_cfg(e, e.c_in_full, e.c_out_full, 1, d) for d in e.densities]
         every = [c for *_, c in cfgs] + dens
         if runtime == "deepsparse":  # timed inside its own environment (optional backend)

@@ -24,7 +24,7 @@ import numpy as np
 import torch.nn as nn
 from scipy.interpolate import RegularGridInterpolator
 
-from prunekit.cost.lut import Entry, Grid, LatencyTable, Overhead, load_table
+from prunekit.cost.lut import Entry, Grid, LatencyTable, Overhead, group_count, load_table
 from prunekit.cost.macs import CostModel
 from prunekit.cost.ort_layout import OrtLayout
 from prunekit.errors import PrunekitError
@@ -103,7 +103,7 @@ class LatencyModel:
         b = str(self.batch_size)
         for key, e in table.entries.items():
             for g_key, grid in e.grids.items():
-                g = int(g_key.rstrip("uo"))
+                g = group_count(g_key)
                 reach = g * table.unit if g > 1 and g_key.endswith("u") else 0.0
                 self._readers[(key, g_key)] = _Reader(grid, b, e.tied, reach)
         self._rows = {n: self.cost.names.index(n) for n in self._layers()}
